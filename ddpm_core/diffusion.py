@@ -1,0 +1,308 @@
+"""Gaussian diffusion of Ho et al. 2020 with the learned variances and hybrid objective of
+Nichol & Dhariwal 2021: forward process, posterior, reverse mean/variance, training losses and the
+variational bound in bits per dimension.
+
+Timesteps are 0-indexed: ``t in 0..T-1``, ``t = 0`` is the first noising step. Coefficient tables
+are computed once in float64 and kept, per device, in the dtype of the data they are used with.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import losses, schedules
+
+MEAN_TYPES = {
+    "eps": "the network predicts the noise eps (Ho et al. 2020, eq. 11)",
+    "x0": "the network predicts the clean image x_0",
+    "mu": "the network predicts the posterior mean mu~_t(x_t, x_0) directly",
+}
+VAR_TYPES = {
+    "fixed_small": "Sigma = beta~_t, the posterior variance (lower bound of Ho et al.)",
+    "fixed_large": "Sigma = beta_t, with beta~_1 at the first step as in the reference code",
+    "learned": "the network outputs log Sigma directly",
+    "learned_range": "the network outputs v; log Sigma = v' log beta_t + (1 - v') log beta~_t, v' = (v + 1) / 2",
+}
+LOSS_TYPES = {
+    "simple": "L_simple: mean squared error on what the network predicts (Ho et al. eq. 14)",
+    "vlb": "the true bound: T * L_t, in bits per dimension",
+    "hybrid": "L_simple + (T / 1000) * L_t with the mean detached inside L_t (Nichol & Dhariwal, L_hybrid)",
+}
+
+
+def _choose(value: str, valid: dict, what: str) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: "
+                         + "; ".join(f"{k!r} ({v})" for k, v in valid.items()))
+    return value
+
+
+class GaussianDiffusion:
+    """The diffusion process over a fixed beta schedule.
+
+    :param betas: float [T] noise schedule (see ``schedules.get_betas``).
+    :param mean_type: what the network predicts, a key of ``MEAN_TYPES``.
+    :param var_type: how the reverse variance is chosen, a key of ``VAR_TYPES``.
+    :param loss_type: the training objective, a key of ``LOSS_TYPES``.
+    :param timestep_map: for a respaced process, the original step index of each of its steps;
+        the network is always called with original indices.
+    """
+
+    def __init__(self, betas, mean_type: str = "eps", var_type: str = "fixed_small",
+                 loss_type: str = "simple", timestep_map=None):
+        self.mean_type = _choose(mean_type, MEAN_TYPES, "mean_type")
+        self.var_type = _choose(var_type, VAR_TYPES, "var_type")
+        self.loss_type = _choose(loss_type, LOSS_TYPES, "loss_type")
+        if loss_type == "simple" and self.learned_variance:
+            raise ValueError(f"loss_type 'simple' gives the variance of var_type {var_type!r} no "
+                             "gradient; use loss_type 'hybrid' or 'vlb' to learn it")
+        if loss_type == "hybrid" and not self.learned_variance:
+            raise ValueError("loss_type 'hybrid' only adds a term that trains a learned variance; "
+                             "with a fixed variance use 'simple' (or 'vlb' for the true bound)")
+        self._tables64 = schedules.derived(betas)
+        t64 = self._tables64
+        self.num_timesteps = len(t64["betas"])
+        # fixed_large: beta_t, but the posterior variance at the first step (reference code)
+        large = torch.cat([t64["posterior_variance"][1:2], t64["betas"][1:]])
+        t64["fixed_large_variance"] = large
+        t64["fixed_large_log_variance"] = torch.log(large)
+        t64["log_betas"] = torch.log(t64["betas"])
+        self.timestep_map = None if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.long)
+        self._cache: dict = {}
+
+    # ------------------------------------------------------------------ tables
+    @property
+    def betas(self) -> torch.Tensor:
+        return self._tables64["betas"]
+
+    @property
+    def alpha_bar(self) -> torch.Tensor:
+        return self._tables64["alpha_bar"]
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.var_type in ("learned", "learned_range")
+
+    def table(self, name: str, device=None, dtype=torch.float64) -> torch.Tensor:
+        """The float64 table ``name`` (see ``schedules.derived``) on ``device`` in ``dtype``, cached."""
+        key = (name, torch.device(device or "cpu"), dtype)
+        if key not in self._cache:
+            self._cache[key] = self._tables64[name].to(device=key[1], dtype=dtype)
+        return self._cache[key]
+
+    def _extract(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Table ``name`` at steps ``t`` [N], shaped [N, 1, ..., 1] to broadcast against ``x``."""
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        if x.device.type == "mps" and dtype == torch.float64:
+            dtype = torch.float32
+        out = self.table(name, x.device, dtype)[t]
+        return out.reshape(len(t), *([1] * (x.ndim - 1)))
+
+    def check_t(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """Validate a step tensor: long, shape [n], values in 0..T-1."""
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"t must be an integer tensor of 0-indexed steps, got {type(t).__name__}"
+                            + (f" of dtype {t.dtype}" if isinstance(t, torch.Tensor) else ""))
+        if t.shape != (n,):
+            raise ValueError(f"t must have shape [{n}] (one step per example), got {tuple(t.shape)}")
+        if t.device.type == "cpu":
+            if n and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+                raise ValueError(f"t must lie in 0..{self.num_timesteps - 1} (0-indexed steps), "
+                                 f"got values from {int(t.min())} to {int(t.max())}")
+        else:  # no host synchronisation on accelerators
+            torch._assert_async(((t >= 0) & (t < self.num_timesteps)).all(),
+                                f"t must lie in 0..{self.num_timesteps - 1}")
+        return t.long()
+
+    # ------------------------------------------------------------------ forward process
+    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and log-variance of q(x_t | x_0) (Ho et al. eq. 4)."""
+        t = self.check_t(t, len(x0))
+        mean = self._extract("sqrt_alpha_bar", t, x0) * x0
+        var = self._extract("sqrt_one_minus_alpha_bar", t, x0) ** 2
+        return mean, var.expand_as(x0), self._extract("log_one_minus_alpha_bar", t, x0).expand_as(x0)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
+
+        :param x0: the [N x C x H x W] clean images.
+        :param t: long [N] steps.
+        :param noise: optional standard normal noise, same shape as ``x0``.
+        """
+        t = self.check_t(t, len(x0))
+        if noise is None:
+            noise = torch.randn_like(x0)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x0.shape)}")
+        return self._extract("sqrt_alpha_bar", t, x0) * x0 + self._extract("sqrt_one_minus_alpha_bar", t, x0) * noise
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eqs. 6-7)."""
+        t = self.check_t(t, len(x0))
+        mean = self._extract("posterior_mean_coef1", t, x_t) * x0 + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        var = self._extract("posterior_variance", t, x_t).expand_as(x_t)
+        log_var = self._extract("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+        return mean, var, log_var
+
+    def predict_x0_from_eps(self, x_t, t, eps):
+        return self._extract("sqrt_recip_alpha_bar", t, x_t) * x_t - self._extract("sqrt_recipm1_alpha_bar", t, x_t) * eps
+
+    def predict_eps_from_x0(self, x_t, t, x0):
+        return (self._extract("sqrt_recip_alpha_bar", t, x_t) * x_t - x0) / self._extract("sqrt_recipm1_alpha_bar", t, x_t)
+
+    def _predict_x0_from_mean(self, x_t, t, mean):
+        # invert mu~ = coef1 * x0 + coef2 * x_t
+        return (mean - self._extract("posterior_mean_coef2", t, x_t) * x_t) / self._extract("posterior_mean_coef1", t, x_t)
+
+    # ------------------------------------------------------------------ reverse process
+    def model_call(self, model: Callable, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Call ``model(x_t, t)`` with the step indices it was trained on (original ones when respaced)."""
+        if self.timestep_map is not None:
+            t = self.timestep_map.to(t.device)[t]
+        return model(x_t, t)
+
+    def split_model_output(self, model_out: torch.Tensor, x_t: torch.Tensor):
+        """Check the model output's shape and split it into (mean part, variance part or None)."""
+        c = x_t.shape[1] if x_t.ndim > 1 else 1
+        expected = (x_t.shape[0], 2 * c, *x_t.shape[2:]) if self.learned_variance else tuple(x_t.shape)
+        if not isinstance(model_out, torch.Tensor) or tuple(model_out.shape) != expected:
+            got = tuple(model_out.shape) if isinstance(model_out, torch.Tensor) else type(model_out).__name__
+            why = (f"var_type {self.var_type!r} needs 2 x {c} channels: the mean part first, the variance part second"
+                   if self.learned_variance else f"var_type {self.var_type!r} needs one output per input value")
+            raise ValueError(f"model output has shape {got}, expected {expected}: {why}")
+        if self.learned_variance:
+            return model_out[:, :c], model_out[:, c:]
+        return model_out, None
+
+    def p_mean_variance(self, model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                        clip_denoised: bool = True, denoised_fn: Callable | None = None) -> dict:
+        """Mean and variance of p(x_{t-1} | x_t) from the network's output.
+
+        :param model_out: ``model(x_t, t)``: [N x C x ...], or [N x 2C x ...] with a learned variance.
+        :param x_t: the [N x C x ...] tensor at step t.
+        :param t: long [N] steps.
+        :param clip_denoised: clamp the predicted x_0 to [-1, 1].
+        :param denoised_fn: optional function applied to the predicted x_0 before clipping.
+        :return: a dict with keys ``mean``, ``variance``, ``log_variance``, ``pred_x0``.
+        """
+        t = self.check_t(t, len(x_t))
+        out, v = self.split_model_output(model_out, x_t)
+        if self.var_type == "learned":
+            log_var = v
+        elif self.var_type == "learned_range":
+            min_log = self._extract("posterior_log_variance_clipped", t, x_t)
+            max_log = self._extract("log_betas", t, x_t)
+            frac = (v + 1) / 2
+            log_var = frac * max_log + (1 - frac) * min_log
+        elif self.var_type == "fixed_large":
+            log_var = self._extract("fixed_large_log_variance", t, x_t).expand_as(x_t)
+        else:
+            log_var = self._extract("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+        if self.var_type in ("learned", "learned_range"):
+            variance = torch.exp(log_var)
+        elif self.var_type == "fixed_large":
+            variance = self._extract("fixed_large_variance", t, x_t).expand_as(x_t)
+        else:
+            variance = self._extract("posterior_variance", t, x_t).expand_as(x_t)
+
+        def process(x):
+            if denoised_fn is not None:
+                x = denoised_fn(x)
+            return x.clamp(-1, 1) if clip_denoised else x
+
+        if self.mean_type == "mu":
+            pred_x0 = process(self._predict_x0_from_mean(x_t, t, out))
+            mean = out
+        else:
+            pred_x0 = process(out if self.mean_type == "x0" else self.predict_x0_from_eps(x_t, t, out))
+            mean, _, _ = self.q_posterior(pred_x0, x_t, t)
+        return {"mean": mean, "variance": variance, "log_variance": log_var, "pred_x0": pred_x0}
+
+    # ------------------------------------------------------------------ the bound
+    def _vb_terms(self, model_out, x0, x_t, t, clip_denoised=True) -> dict:
+        true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
+        out = self.p_mean_variance(model_out, x_t, t, clip_denoised=clip_denoised)
+        kl = losses.mean_flat(losses.normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / losses.LOG2
+        nll = -losses.discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+        nll = losses.mean_flat(nll) / losses.LOG2
+        return {"output": torch.where(t == 0, nll, kl), "pred_x0": out["pred_x0"]}
+
+    def vb_terms_bpd(self, model_out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+                     t: torch.Tensor, clip_denoised: bool = True) -> torch.Tensor:
+        """The bound's term L_t in bits per dimension, [N]: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
+        for t > 0, and the decoder NLL -log p(x_0 | x_1) (discretised, eq. 13 of Ho et al.) at t == 0."""
+        return self._vb_terms(model_out, x0, x_t, t, clip_denoised)["output"]
+
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [N]. Not trained; near 0 for a good schedule."""
+        t = torch.full((len(x0),), self.num_timesteps - 1, dtype=torch.long, device=x0.device)
+        mean, _, log_var = self.q_mean_variance(x0, t)
+        return losses.mean_flat(losses.normal_kl(mean, log_var, 0.0, 0.0)) / losses.LOG2
+
+    # ------------------------------------------------------------------ training
+    def training_losses(self, model: Callable, x0: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor | None = None) -> dict:
+        """Per-example training losses at steps ``t``.
+
+        :param model: callable ``model(x_t, t)``.
+        :param x0: the [N x C x ...] clean batch in [-1, 1].
+        :param t: long [N] steps.
+        :param noise: optional noise for ``q_sample``.
+        :return: a dict of [N] tensors: ``loss``; ``mse`` (simple, hybrid); ``vb`` (vlb, hybrid).
+        """
+        t = self.check_t(t, len(x0))
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        model_out = self.model_call(model, x_t, t)
+        terms = {}
+        if self.loss_type == "vlb":
+            terms["vb"] = self.vb_terms_bpd(model_out, x0, x_t, t, clip_denoised=False) * self.num_timesteps
+            terms["loss"] = terms["vb"]
+            return terms
+        out, v = self.split_model_output(model_out, x_t)
+        target = {"eps": noise, "x0": x0, "mu": None}[self.mean_type]
+        if target is None:
+            target = self.q_posterior(x0, x_t, t)[0]
+        terms["mse"] = losses.mean_flat((target - out) ** 2)
+        terms["loss"] = terms["mse"]
+        if self.loss_type == "hybrid":
+            frozen = torch.cat([out.detach(), v], dim=1)  # only the variance learns from L_vlb
+            terms["vb"] = self.vb_terms_bpd(frozen, x0, x_t, t, clip_denoised=False) * (self.num_timesteps / 1000.0)
+            terms["loss"] = terms["mse"] + terms["vb"]
+        return terms
+
+    @torch.no_grad()
+    def bpd(self, model: Callable, x0: torch.Tensor, clip_denoised: bool = True,
+            noise_generator: torch.Generator | None = None, progress: bool = False) -> dict:
+        """The full variational bound in bits per dimension, one network call per step.
+
+        :return: a dict with ``total_bpd`` [N] (sum of ``vb`` and ``prior_bpd``), ``prior_bpd`` [N],
+            ``vb`` [N x T] (L_t per step; column 0 is the decoder NLL), ``mse`` [N x T] (eps error)
+            and ``x0_mse`` [N x T] (error of the predicted x_0, for rate-distortion curves).
+        """
+        n, T = len(x0), self.num_timesteps
+        vb, eps_mse, x0_mse = (torch.zeros(n, T, device=x0.device, dtype=x0.dtype) for _ in range(3))
+        steps = range(T - 1, -1, -1)
+        if progress:
+            from tqdm.auto import tqdm
+            steps = tqdm(steps, desc="bits/dim")
+        for i in steps:
+            t = torch.full((n,), i, dtype=torch.long, device=x0.device)
+            noise = _randn(x0.shape, noise_generator, x0.device, x0.dtype)
+            x_t = self.q_sample(x0, t, noise)
+            model_out = self.model_call(model, x_t, t)
+            terms = self._vb_terms(model_out, x0, x_t, t, clip_denoised)
+            vb[:, i] = terms["output"]
+            x0_mse[:, i] = losses.mean_flat((terms["pred_x0"] - x0) ** 2)
+            eps_mse[:, i] = losses.mean_flat((self.predict_eps_from_x0(x_t, t, terms["pred_x0"]) - noise) ** 2)
+        prior = self.prior_bpd(x0)
+        return {"total_bpd": vb.sum(1) + prior, "prior_bpd": prior, "vb": vb, "mse": eps_mse, "x0_mse": x0_mse}
+
+
+def _randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise; drawn on the generator's device (reproducible across devices)."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
