@@ -1,0 +1,300 @@
+"""The papers' numbers, each with its source and mark, and tables that set them beside the book's.
+
+All numbers live in one data file, ``ddpm_core/data/paper_numbers.json``; nothing here types a
+number by hand. Marks (from the project's REFERENCES.md):
+
+  ``P`` read in the paper's text; ``C`` read in the reference code; ``S`` agreeing secondary
+  transcriptions (check against the PDF before printing as the paper's); ``U`` unconfirmed.
+
+Numbers keep the digits the paper printed: ``str(value("ho2020_table1", "NLL", model="DDPM, L_simple"))``
+is ``"3.75"``, not ``"3.7500"``.
+
+Typical use in a chapter::
+
+    from ddpm_core import paper
+    paper.table("ho2020_table1")                      # list of dicts, one per row
+    paper.value("ho2020_table1", "FID", model="DDPM, L_simple")      # 3.17
+    paper.cite("ho2020_table1", model="DDPM, L_simple")              # 'Ho et al. 2020, Table 1, arXiv:2006.11239 [P]'
+    paper.compare([{"quantity": "FID", "paper": paper.ref("ho2020_table1", "FID", model="DDPM, L_simple"),
+                    "book": fid}], profile="cpu", dataset="mnist5k", extractor="offline classifier",
+                  n_samples=1000)                     # a table object: renders as HTML in the book
+"""
+from __future__ import annotations
+
+import html
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterable, NamedTuple
+
+MARKS = ("P", "C", "S", "U")
+
+__all__ = [
+    "MARKS", "PaperValue", "Table", "tables", "info", "table", "row", "value", "ref", "cite",
+    "setting", "format_cell", "render_table", "compare",
+]
+
+
+class _Num(float):
+    """A float that remembers the digits it was written with in the data file."""
+
+    def __new__(cls, text: str):
+        obj = super().__new__(cls, text)
+        obj._text = text
+        return obj
+
+    def __str__(self) -> str:
+        return self._text
+
+    __repr__ = __str__
+
+
+@lru_cache(maxsize=1)
+def _data() -> dict:
+    text = resources.files("ddpm_core").joinpath("data/paper_numbers.json").read_text(encoding="utf-8")
+    return json.loads(text, parse_float=_Num)
+
+
+def tables() -> list[str]:
+    """Names of all tables in the data file, e.g. ``"ho2020_table1"``."""
+    return list(_data()["tables"])
+
+
+def _table_raw(name: str) -> dict:
+    all_tables = _data()["tables"]
+    if name not in all_tables:
+        raise KeyError(f"no paper table named {name!r}; known tables: {', '.join(all_tables)}")
+    return all_tables[name]
+
+
+def _source_text(paper_key: str, where: str) -> str:
+    p = _data()["papers"][paper_key]
+    parts = [p["cite"], where]
+    if p.get("arxiv"):
+        parts.append(f"arXiv:{p['arxiv']}")
+    return ", ".join(part for part in parts if part)
+
+
+def info(name: str) -> dict:
+    """Metadata of a table: title, paper (a dict with cite/title/authors/arxiv/bibkey), where,
+    mark, dataset, columns, notes and ``source`` (one citable line)."""
+    t = _table_raw(name)
+    return {
+        "name": name,
+        "title": t["title"],
+        "paper": dict(_data()["papers"][t["paper"]]),
+        "where": t["where"],
+        "mark": t["mark"],
+        "dataset": t.get("dataset", ""),
+        "columns": list(t["columns"]),
+        "notes": t.get("notes", ""),
+        "source": _source_text(t["paper"], t["where"]),
+    }
+
+
+def table(name: str, **where: Any) -> list[dict]:
+    """Rows of a paper table as dicts, optionally filtered by column values.
+
+    Every row has every column of the table (``None`` where the paper gives no number) and two
+    extra keys: ``mark`` (one of ``MARKS``; a row may override its table's mark) and ``source``
+    (paper, table and arXiv id as one string). ``source_note`` is present where the data file
+    qualifies the source.
+    """
+    t = _table_raw(name)
+    unknown = set(where) - set(t["columns"])
+    if unknown:
+        raise KeyError(f"table {name!r} has no column(s) {sorted(unknown)}; columns: {t['columns']}")
+    source = _source_text(t["paper"], t["where"])
+    rows = []
+    for raw in t["rows"]:
+        r = {c: raw.get(c) for c in t["columns"]}
+        if any(r[k] != v for k, v in where.items()):
+            continue
+        r["mark"] = raw.get("mark", t["mark"])
+        r["source"] = source
+        if "source_note" in raw:
+            r["source_note"] = raw["source_note"]
+        rows.append(r)
+    return rows
+
+
+def row(name: str, **where: Any) -> dict:
+    """The one row of ``name`` whose columns equal ``where``; an error if none or several match."""
+    rows = table(name, **where)
+    if len(rows) != 1:
+        keys = [{k: v for k, v in r.items() if k not in ("mark", "source", "source_note")} for r in table(name)]
+        raise LookupError(
+            f"{len(rows)} rows of {name!r} match {where}; give column values that pick exactly one of: {keys}"
+        )
+    return rows[0]
+
+
+def value(name: str, column: str, **where: Any) -> Any:
+    """One number (or string) from a paper table, e.g. ``value("ho2020_table1", "FID", model="DDPM, L_simple")``."""
+    r = row(name, **where)
+    if column not in r:
+        raise KeyError(f"table {name!r} has no column {column!r}; columns: {info(name)['columns']}")
+    return r[column]
+
+
+def setting(name: str, key: str) -> Any:
+    """A value from a settings table (``ho2020_settings``, ``nichol2021_settings``, ``nichol2021_method``)."""
+    return value(name, "value", setting=key)
+
+
+class PaperValue(NamedTuple):
+    """A paper's number with where it came from; ``str()`` gives the number as printed."""
+
+    value: Any
+    mark: str
+    source: str
+    dataset: str
+
+    def __str__(self) -> str:
+        return _fmt(self.value)
+
+
+def ref(name: str, column: str, **where: Any) -> PaperValue:
+    """A paper number bundled with its mark, source and dataset, for :func:`compare`."""
+    r = row(name, **where)
+    return PaperValue(r[column], r["mark"], r["source"], info(name)["dataset"])
+
+
+def cite(name: str, **where: Any) -> str:
+    """One line to cite a table, or a row of it: ``'Ho et al. 2020, Table 1, arXiv:2006.11239 [P]'``."""
+    mark = row(name, **where)["mark"] if where else info(name)["mark"]
+    return f"{info(name)['source']} [{mark}]"
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def _fmt(v: Any, digits: int | None = None) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float) and not isinstance(v, _Num):
+        if digits is not None:
+            return f"{v:.{digits}f}"
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    return str(v)
+
+
+def format_cell(r: dict, column: str) -> str:
+    """A cell as the paper prints it: ``"9.46 ± 0.11"`` where a ``<column>_std`` exists,
+    ``"≤ 3.75 (3.72)"`` for a bound on the NLL with the train value in brackets."""
+    v = r.get(column)
+    if v is None:
+        return ""
+    text = _fmt(v)
+    std = r.get(f"{column}_std")
+    if std is not None:
+        text += f" ± {_fmt(std)}"
+    if r.get(f"{column}_is_bound"):
+        text = "≤ " + text
+    train = r.get(f"{column}_train")
+    if train is not None:
+        text += f" ({_fmt(train)})"
+    return text
+
+
+class Table(str):
+    """A rendered table: a Markdown string that displays as HTML in Jupyter and in the book."""
+
+    def __new__(cls, markdown: str, html_text: str):
+        obj = super().__new__(cls, markdown)
+        obj.html = html_text
+        return obj
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def _render(header: list[str], body: list[list[str]], caption: str = "") -> Table:
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    if caption:
+        md.append("")
+        md.append(caption)
+    h = ['<table class="ddpm-table">']
+    if caption:
+        h.append(f"<caption>{html.escape(caption)}</caption>")
+    h.append("<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead>")
+    h.append("<tbody>")
+    for cells in body:
+        h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    h.append("</tbody></table>")
+    return Table("\n".join(md), "\n".join(h))
+
+
+def render_table(name: str, columns: Iterable[str] | None = None, **where: Any) -> Table:
+    """A paper table as Markdown/HTML with a mark column and the source as its caption.
+
+    ``columns`` defaults to the table's columns without the helper ones (``*_std``, ``*_train``,
+    ``*_is_bound``), which are folded into their main column by :func:`format_cell`.
+    """
+    meta = info(name)
+    if columns is None:
+        columns = [c for c in meta["columns"] if not c.endswith(("_std", "_train", "_is_bound"))]
+    columns = list(columns)
+    rows = table(name, **where)
+    body = [[format_cell(r, c) for c in columns] + [r["mark"]] for r in rows]
+    return _render(columns + ["mark"], body, caption=f"{meta['title']} Source: {meta['source']}.")
+
+
+_BOOK_FIELDS = ("profile", "dataset", "extractor", "n_samples")
+
+
+def compare(
+    rows: list[dict],
+    *,
+    profile: str | None = None,
+    dataset: str | None = None,
+    extractor: str | None = None,
+    n_samples: int | None = None,
+    digits: int = 2,
+    caption: str = "",
+) -> Table:
+    """A table that puts the paper's number beside the book's, with how the book measured it.
+
+    :param rows: one dict per quantity with keys ``quantity`` (str), ``paper`` (a
+        :class:`PaperValue` from :func:`ref`, a plain value, or ``None``), ``book`` (the measured
+        number, or ``None``) and optionally any of ``profile``, ``dataset``, ``extractor``,
+        ``n_samples`` to override the keyword defaults for that row.
+    :param profile, dataset, extractor, n_samples: how the book's numbers were measured (the
+        runtime profile, the dataset, the feature extractor, the number of samples).
+    :param digits: decimals for the book's floats.
+    :return: a :class:`Table` with columns quantity, paper, paper source, this book, profile,
+        dataset, feature extractor, samples.
+    """
+    defaults = dict(profile=profile, dataset=dataset, extractor=extractor, n_samples=n_samples)
+    header = ["quantity", "paper", "paper source", "this book", "profile", "dataset",
+              "feature extractor", "samples"]
+    body = []
+    for i, r in enumerate(rows):
+        if "quantity" not in r:
+            raise KeyError(f"row {i} of compare() has no 'quantity' key; got keys {sorted(r)}")
+        setting_ = {k: r.get(k, defaults[k]) for k in _BOOK_FIELDS}
+        missing = [k for k, v in setting_.items() if v is None and r.get("book") is not None]
+        if missing:
+            raise ValueError(
+                f"row {r['quantity']!r} has a book number but no {missing}; pass them to compare() "
+                "or in the row, so every number says how it was measured"
+            )
+        p = r.get("paper")
+        if isinstance(p, PaperValue):
+            paper_text, source = f"{p} [{p.mark}]", f"{p.source} ({p.dataset})" if p.dataset else p.source
+        else:
+            paper_text, source = _fmt(p), r.get("paper_source", "")
+        n = setting_["n_samples"]
+        body.append([
+            str(r["quantity"]), paper_text, source, _fmt(r.get("book"), digits),
+            _fmt(setting_["profile"]), _fmt(setting_["dataset"]), _fmt(setting_["extractor"]),
+            f"{n:,}" if isinstance(n, int) else _fmt(n),
+        ])
+    return _render(header, body, caption=caption)
