@@ -1,0 +1,285 @@
+"""Pictures for the book: image grids, animations, and the noise-step explorer.
+
+Images are float tensors (or arrays) in [-1, 1] of shape ``[N, C, H, W]`` with C = 1 or 3.
+Two explorers show the same precomputed frames:
+
+* :func:`noise_step_explorer` is an ipywidgets control for a live kernel (Jupyter, Colab);
+* :func:`static_noise_slider` is a self-contained HTML/JavaScript slider that still works in the
+  static HTML book, where no kernel runs behind a widget. Its elements carry stable classes
+  (``ddpm-noise-slider``, ``ddpm-noise-slider-range``, ``ddpm-noise-slider-frame``, ...) so a browser
+  test can move it.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "to_uint8", "image_grid", "show_grid", "png_bytes", "animate_frames", "noise_step_explorer",
+    "static_noise_slider",
+]
+
+
+def _as_numpy(images) -> np.ndarray:
+    """Tensor or array [N, C, H, W] (or [C, H, W]) -> float64 numpy [N, C, H, W]."""
+    if hasattr(images, "detach"):
+        images = images.detach().to("cpu").double().numpy()
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape [N, C, H, W] with C = 1 or 3, got {tuple(x.shape)}")
+    return x
+
+
+def to_uint8(images) -> np.ndarray:
+    """Map [-1, 1] to 0..255 the way the papers quantise samples: ``round((x + 1) * 127.5)``,
+    values outside [-1, 1] clipped. Returns uint8 [N, H, W, 3] (grey images repeated to RGB)."""
+    x = _as_numpy(images)
+    x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    x = x.transpose(0, 2, 3, 1)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x
+
+
+def image_grid(images, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile images [N, C, H, W] in [-1, 1] into one picture.
+
+    :param nrow: images per row (the last row may be short and is padded).
+    :param padding: pixels between images and around the border.
+    :param pad_value: colour of the padding, in [-1, 1] (1 is white).
+    :return: uint8 array [rows * (H + padding) + padding, nrow * (W + padding) + padding, 3].
+    """
+    if nrow < 1:
+        raise ValueError(f"nrow must be at least 1, got {nrow}")
+    tiles = to_uint8(images)
+    n, h, w, _ = tiles.shape
+    ncol = min(nrow, n)
+    nrows = -(-n // ncol)
+    fill = int(np.clip(np.rint((pad_value + 1.0) * 127.5), 0, 255))
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, 3), fill, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        grid[y:y + h, x:x + w] = tiles[i]
+    return grid
+
+
+def show_grid(images, title: str | None = None, ax=None, nrow: int = 8, padding: int = 2):
+    """Draw :func:`image_grid` of ``images`` on ``ax`` (a new figure if None); return the Axes."""
+    import matplotlib.pyplot as plt
+
+    grid = image_grid(images, nrow=nrow, padding=padding)
+    if ax is None:
+        scale = 2.0 / 32  # inches per pixel at 32x32 thumbnails
+        h, w = grid.shape[:2]
+        _, ax = plt.subplots(figsize=(max(2.0, w * scale), max(2.0, h * scale)))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """Encode a uint8 [H, W, 3] picture as PNG bytes (lossless, small for pixel art)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _grid_or_picture(frame, nrow: int) -> np.ndarray:
+    a = frame.detach().cpu().numpy() if hasattr(frame, "detach") else np.asarray(frame)
+    if a.ndim == 3 and a.shape[-1] == 3 and a.dtype == np.uint8:
+        return a  # already a picture [H, W, 3]
+    return image_grid(a, nrow=nrow)
+
+
+def animate_frames(frames: Sequence, interval: int = 120, nrow: int = 8, titles: Sequence[str] | None = None,
+                   scale: float = 3.0, max_bytes: int = 8_000_000):
+    """An animation of ``frames`` that plays in the static HTML book (no kernel needed).
+
+    :param frames: a list of image batches [N, C, H, W] in [-1, 1] (each shown as a grid) or of
+        uint8 pictures [H, W, 3].
+    :param interval: milliseconds between frames.
+    :param titles: one title per frame (e.g. ``"t = 999"``), optional.
+    :param scale: screen pixels per image pixel (nearest-neighbour, so pixels stay sharp).
+    :param max_bytes: stay under this size (well below matplotlib's 20 MB ``animation.embed_limit``):
+        frames are evenly dropped, keeping the first and last, until the HTML fits.
+    :return: ``IPython.display.HTML`` made by ``FuncAnimation.to_jshtml()``.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML
+    from matplotlib import animation
+
+    if len(frames) == 0:
+        raise ValueError("animate_frames needs at least one frame")
+    if titles is not None and len(titles) != len(frames):
+        raise ValueError(f"got {len(titles)} titles for {len(frames)} frames; give one per frame or none")
+    pictures = [_grid_or_picture(f, nrow) for f in frames]
+    keep = list(range(len(pictures)))
+    while True:
+        h, w = pictures[0].shape[:2]
+        dpi = 100
+        fig = plt.figure(figsize=(w * scale / dpi, (h * scale + (30 if titles else 0)) / dpi), dpi=dpi)
+        ax = fig.add_axes([0, 0, 1, (h * scale) / (h * scale + (30 if titles else 0))])
+        ax.set_axis_off()
+        im = ax.imshow(pictures[keep[0]], interpolation="nearest")
+        text = fig.text(0.5, 1.0, "", ha="center", va="top", fontsize=11) if titles else None
+
+        def update(k, im=im, text=text):
+            im.set_data(pictures[keep[k]])
+            if text is not None:
+                text.set_text(titles[keep[k]])
+            return (im,)
+
+        anim = animation.FuncAnimation(fig, update, frames=len(keep), interval=interval, blit=False)
+        out = anim.to_jshtml(default_mode="once")
+        plt.close(fig)
+        if len(out) <= max_bytes or len(keep) <= 2:
+            return HTML(out)
+        step = max(2, int(np.ceil(1.1 * len(out) / max_bytes)))  # size grows about linearly in frames
+        keep = sorted(set(keep[::step]) | {keep[-1]})
+
+
+def _check_frames(frames_by_schedule: Mapping[str, Sequence], steps: Sequence[int]) -> list[int]:
+    steps = [int(s) for s in steps]
+    if not frames_by_schedule:
+        raise ValueError("frames_by_schedule is empty; give e.g. {'linear': [...], 'cosine': [...]}")
+    if sorted(steps) != steps or len(set(steps)) != len(steps):
+        raise ValueError(f"steps must be strictly increasing, got {steps}")
+    for name, frames in frames_by_schedule.items():
+        if len(frames) != len(steps):
+            raise ValueError(f"schedule {name!r} has {len(frames)} frames for {len(steps)} steps; "
+                             "give one image batch per step")
+    return steps
+
+
+def noise_step_explorer(frames_by_schedule: Mapping[str, Sequence], steps: Sequence[int], nrow: int = 8,
+                        scale: int = 4):
+    """A live ipywidgets explorer of precomputed forward-diffusion frames.
+
+    :param frames_by_schedule: ``{schedule name: [x_t for t in steps]}``, each ``x_t`` a batch
+        [N, C, H, W] in [-1, 1] (the same N clean images noised to step t).
+    :param steps: the 0-indexed steps t of the frames, strictly increasing.
+    :return: an ``ipywidgets.VBox`` with an IntSlider (step t; it snaps to the nearest precomputed
+        step), a Dropdown of schedules, a Dropdown of images ("all" or one index) and an Image.
+        Its children are reachable as attributes ``.slider``, ``.schedule``, ``.image``, ``.view``.
+    """
+    import ipywidgets as widgets
+
+    steps = _check_frames(frames_by_schedule, steps)
+    names = list(frames_by_schedule)
+    arrays = {k: [_as_numpy(f) for f in v] for k, v in frames_by_schedule.items()}
+    n = arrays[names[0]][0].shape[0]
+    gaps = np.diff(steps)
+    stride = int(np.gcd.reduce(gaps)) if len(gaps) else 1
+
+    slider = widgets.IntSlider(value=steps[0], min=steps[0], max=steps[-1], step=stride,
+                               description="step t", continuous_update=True)
+    schedule = widgets.Dropdown(options=names, value=names[0], description="schedule")
+    image = widgets.Dropdown(options=[("all", -1)] + [(str(i), i) for i in range(n)], value=-1,
+                             description="image")
+    view = widgets.Image(format="png")
+    label = widgets.HTML()
+
+    def render(*_):
+        k = int(np.argmin([abs(s - slider.value) for s in steps]))
+        x = arrays[schedule.value][k]
+        if image.value >= 0:
+            x = x[image.value:image.value + 1]
+        pic = image_grid(x, nrow=nrow)
+        view.value = png_bytes(pic)
+        view.width = pic.shape[1] * scale
+        label.value = f"showing t = {steps[k]} ({schedule.value} schedule)"
+
+    for w in (slider, schedule, image):
+        w.observe(render, names="value")
+    render()
+    box = widgets.VBox([widgets.HBox([slider, schedule, image]), label, view])
+    box.slider, box.schedule, box.image, box.view = slider, schedule, image, view
+    return box
+
+
+_SLIDER_JS = """
+(function () {
+  var root = document.getElementById(%(id)s);
+  if (!root || root.dataset.ready) { return; }
+  root.dataset.ready = "1";
+  var data = JSON.parse(root.querySelector(".ddpm-noise-slider-data").textContent);
+  var range = root.querySelector(".ddpm-noise-slider-range");
+  var select = root.querySelector(".ddpm-noise-slider-schedule");
+  var img = root.querySelector(".ddpm-noise-slider-frame");
+  var label = root.querySelector(".ddpm-noise-slider-label");
+  function show() {
+    var k = parseInt(range.value, 10), name = select.value;
+    img.src = "data:image/png;base64," + data.frames[name][k];
+    img.dataset.step = data.steps[k];
+    img.alt = name + " schedule, step t = " + data.steps[k];
+    label.textContent = "t = " + data.steps[k];
+  }
+  range.addEventListener("input", show);
+  range.addEventListener("change", show);
+  select.addEventListener("change", show);
+  show();
+})();
+"""
+
+
+def static_noise_slider(frames_by_schedule: Mapping[str, Sequence], steps: Sequence[int], nrow: int = 8,
+                        scale: int = 4, caption: str | None = None):
+    """A slider over precomputed frames that works in the static HTML book (plain JavaScript).
+
+    The frames are embedded as base64 PNGs; moving the ``<input type="range">`` swaps the shown
+    ``<img>``, choosing in the ``<select>`` switches schedules. Without JavaScript the first frame
+    shows. Element ids derive from a hash of the frames, so re-running gives the same HTML.
+
+    :param frames_by_schedule: ``{schedule name: [x_t for t in steps]}`` as for
+        :func:`noise_step_explorer`.
+    :param steps: 0-indexed steps t, strictly increasing.
+    :param scale: screen pixels per image pixel.
+    :return: ``IPython.display.HTML``; ``.data`` holds the HTML text. Classes:
+        ``ddpm-noise-slider`` (container), ``-range``, ``-schedule``, ``-frame``, ``-label``, ``-data``.
+    """
+    from IPython.display import HTML
+
+    steps = _check_frames(frames_by_schedule, steps)
+    frames, width = {}, 0
+    digest = hashlib.sha1()
+    for name, batch in frames_by_schedule.items():
+        encoded = []
+        for f in batch:
+            pic = image_grid(_as_numpy(f), nrow=nrow)
+            width = pic.shape[1] * scale
+            b = png_bytes(pic)
+            digest.update(b)
+            encoded.append(base64.b64encode(b).decode("ascii"))
+        frames[str(name)] = encoded
+    uid = "ddpm-noise-slider-" + digest.hexdigest()[:12]
+    first = next(iter(frames))
+    payload = json.dumps({"steps": steps, "frames": frames}).replace("</", "<\\/")
+    options = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}</option>' for n in frames)
+    cap = f'<div class="ddpm-noise-slider-caption">{html.escape(caption)}</div>' if caption else ""
+    out = f"""<div class="ddpm-noise-slider" id="{uid}" style="font-family: sans-serif; margin: 0.5em 0;">
+<div style="display: flex; gap: 1em; align-items: center; flex-wrap: wrap;">
+<label>schedule <select class="ddpm-noise-slider-schedule">{options}</select></label>
+<label>step <input type="range" class="ddpm-noise-slider-range" min="0" max="{len(steps) - 1}" value="0" step="1"
+ aria-label="diffusion step" style="width: 16em; vertical-align: middle;"></label>
+<span class="ddpm-noise-slider-label">t = {steps[0]}</span>
+</div>
+<img class="ddpm-noise-slider-frame" data-step="{steps[0]}" alt="{html.escape(first)} schedule, step t = {steps[0]}"
+ src="data:image/png;base64,{frames[first][0]}" style="width: {width}px; max-width: 100%; image-rendering: pixelated; margin-top: 0.4em;">
+{cap}
+<script type="application/json" class="ddpm-noise-slider-data">{payload}</script>
+</div>
+<script>{_SLIDER_JS % {"id": json.dumps(uid)}}</script>"""
+    return HTML(out)

@@ -1,0 +1,126 @@
+"""Image grids, animations and the two noise-step explorers of ddpm_core.viz."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_core import viz
+
+
+def _batch(n=5, c=3, h=6, w=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, h, w, generator=g) * 2 - 1
+
+
+def test_to_uint8_maps_the_range_and_clips():
+    x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
+    out = viz.to_uint8(x)
+    assert out.shape == (1, 1, 5, 3) and out.dtype == np.uint8
+    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]  # round(127.5) = 128 (round half to even)
+    assert (out[..., 0] == out[..., 2]).all()  # grey repeated to RGB
+
+
+def test_image_grid_shape_and_placement():
+    x = _batch(n=5, h=6, w=4)
+    g = viz.image_grid(x, nrow=3, padding=2, pad_value=-1.0)
+    assert g.shape == (2 * (6 + 2) + 2, 3 * (4 + 2) + 2, 3) and g.dtype == np.uint8
+    tiles = viz.to_uint8(x)
+    assert np.array_equal(g[2:8, 2:6], tiles[0])
+    assert np.array_equal(g[10:16, 8:12], tiles[4])  # second row, second column
+    assert (g[10:16, 14:18] == 0).all()  # the empty sixth cell has the pad colour (black)
+    assert (g[0] == 0).all()
+
+
+def test_image_grid_accepts_numpy_and_fewer_images_than_nrow():
+    g = viz.image_grid(np.zeros((2, 1, 3, 3)), nrow=8, padding=0)
+    assert g.shape == (3, 6, 3)
+    assert (g == 128).all()
+
+
+def test_image_grid_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        viz.image_grid(torch.zeros(2, 4, 3, 3))
+
+
+def test_show_grid_draws_the_grid():
+    ax = viz.show_grid(_batch(), title="six")
+    assert ax.get_title() == "six"
+    shown = ax.get_images()[0].get_array()
+    assert np.array_equal(np.asarray(shown), viz.image_grid(_batch()))
+    import matplotlib.pyplot as plt
+    plt.close(ax.figure)
+
+
+def test_animate_frames_embeds_every_frame_under_the_limit():
+    frames = [_batch(seed=s) for s in range(4)]
+    out = viz.animate_frames(frames, titles=[f"t = {s}" for s in range(4)])
+    assert "<script" in out.data
+    assert out.data.count("data:image/png;base64") == 4
+
+
+def test_animate_frames_drops_frames_to_fit():
+    frames = [_batch(n=16, h=16, w=16, seed=s) for s in range(12)]
+    full = viz.animate_frames(frames)
+    small = viz.animate_frames(frames, max_bytes=len(full.data) // 3)
+    n = small.data.count("data:image/png;base64")
+    assert 2 <= n < 12 and len(small.data) <= len(full.data) // 3
+
+
+def _frames_by_schedule(steps):
+    return {"linear": [_batch(seed=s) for s in steps], "cosine": [_batch(seed=100 + s) for s in steps]}
+
+
+def test_static_noise_slider_holds_every_frame_and_a_range_input():
+    steps = [0, 100, 500, 999]
+    out = viz.static_noise_slider(_frames_by_schedule(steps), steps, caption="noise")
+    text = out.data
+    assert 'class="ddpm-noise-slider"' in text
+    assert re.search(r'<input type="range" class="ddpm-noise-slider-range" min="0" max="3"', text)
+    data = re.search(r'<script type="application/json" class="ddpm-noise-slider-data">(.*?)</script>', text, re.S)
+    import json
+    payload = json.loads(data.group(1))
+    assert payload["steps"] == steps
+    assert {k: len(v) for k, v in payload["frames"].items()} == {"linear": 4, "cosine": 4}
+    # each frame is a PNG of the grid of that step
+    from PIL import Image
+    pic = np.asarray(Image.open(io.BytesIO(base64.b64decode(payload["frames"]["cosine"][2]))).convert("RGB"))
+    assert np.array_equal(pic, viz.image_grid(_frames_by_schedule(steps)["cosine"][2]))
+    assert '<option value="cosine">' in text
+
+
+def test_static_noise_slider_is_deterministic_and_ids_differ_per_content():
+    steps = [0, 10]
+    a = viz.static_noise_slider(_frames_by_schedule(steps), steps).data
+    b = viz.static_noise_slider(_frames_by_schedule(steps), steps).data
+    c = viz.static_noise_slider({"linear": [_batch(seed=7), _batch(seed=8)]}, steps).data
+    ids = [re.search(r'id="(ddpm-noise-slider-[0-9a-f]+)"', t).group(1) for t in (a, b, c)]
+    assert a == b and ids[0] == ids[1] != ids[2]
+
+
+def test_explorers_reject_mismatched_frames():
+    with pytest.raises(ValueError, match="frames for 3 steps"):
+        viz.static_noise_slider({"linear": [_batch()] * 2}, [0, 1, 2])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        viz.noise_step_explorer({"linear": [_batch()] * 2}, [5, 1])
+
+
+def test_noise_step_explorer_builds_and_updates():
+    pytest.importorskip("ipywidgets")
+    steps = [0, 250, 500, 750]
+    box = viz.noise_step_explorer(_frames_by_schedule(steps), steps)
+    assert (box.slider.min, box.slider.max, box.slider.step) == (0, 750, 250)
+    first = box.view.value
+    box.slider.value = 500
+    assert box.view.value != first
+    from PIL import Image
+    shown = np.asarray(Image.open(io.BytesIO(box.view.value)).convert("RGB"))
+    assert np.array_equal(shown, viz.image_grid(_frames_by_schedule(steps)["linear"][2]))
+    box.schedule.value = "cosine"
+    box.image.value = 1
+    shown = np.asarray(Image.open(io.BytesIO(box.view.value)).convert("RGB"))
+    assert np.array_equal(shown, viz.image_grid(_frames_by_schedule(steps)["cosine"][2][1:2]))
