@@ -135,11 +135,16 @@ class GaussianDiffusion:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x0.shape)}")
+        return self._q_sample(x0, t, noise)
+
+    def _q_sample(self, x0, t, noise):
         return self._extract("sqrt_alpha_bar", t, x0) * x0 + self._extract("sqrt_one_minus_alpha_bar", t, x0) * noise
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eqs. 6-7)."""
-        t = self.check_t(t, len(x0))
+        return self._q_posterior(x0, x_t, self.check_t(t, len(x0)))
+
+    def _q_posterior(self, x0, x_t, t):
         mean = self._extract("posterior_mean_coef1", t, x_t) * x0 + self._extract("posterior_mean_coef2", t, x_t) * x_t
         var = self._extract("posterior_variance", t, x_t).expand_as(x_t)
         log_var = self._extract("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
@@ -186,7 +191,10 @@ class GaussianDiffusion:
         :param denoised_fn: optional function applied to the predicted x_0 before clipping.
         :return: a dict with keys ``mean``, ``variance``, ``log_variance``, ``pred_x0``.
         """
-        t = self.check_t(t, len(x_t))
+        return self._p_mean_variance(model_out, x_t, self.check_t(t, len(x_t)), clip_denoised, denoised_fn)
+
+    def _p_mean_variance(self, model_out, x_t, t, clip_denoised=True, denoised_fn=None) -> dict:
+        """``p_mean_variance`` without validating ``t`` (for loops that build ``t`` themselves)."""
         out, v = self.split_model_output(model_out, x_t)
         if self.var_type == "learned":
             log_var = v
@@ -216,13 +224,13 @@ class GaussianDiffusion:
             mean = out
         else:
             pred_x0 = process(out if self.mean_type == "x0" else self.predict_x0_from_eps(x_t, t, out))
-            mean, _, _ = self.q_posterior(pred_x0, x_t, t)
+            mean, _, _ = self._q_posterior(pred_x0, x_t, t)
         return {"mean": mean, "variance": variance, "log_variance": log_var, "pred_x0": pred_x0}
 
     # ------------------------------------------------------------------ the bound
     def _vb_terms(self, model_out, x0, x_t, t, clip_denoised=True) -> dict:
-        true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
-        out = self.p_mean_variance(model_out, x_t, t, clip_denoised=clip_denoised)
+        true_mean, _, true_log_var = self._q_posterior(x0, x_t, t)
+        out = self._p_mean_variance(model_out, x_t, t, clip_denoised=clip_denoised)
         kl = losses.mean_flat(losses.normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / losses.LOG2
         nll = -losses.discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
         nll = losses.mean_flat(nll) / losses.LOG2
@@ -232,7 +240,7 @@ class GaussianDiffusion:
                      t: torch.Tensor, clip_denoised: bool = True) -> torch.Tensor:
         """The bound's term L_t in bits per dimension, [N]: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
         for t > 0, and the decoder NLL -log p(x_0 | x_1) (discretised, eq. 13 of Ho et al.) at t == 0."""
-        return self._vb_terms(model_out, x0, x_t, t, clip_denoised)["output"]
+        return self._vb_terms(model_out, x0, x_t, self.check_t(t, len(x0)), clip_denoised)["output"]
 
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
         """KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [N]. Not trained; near 0 for a good schedule."""
@@ -254,22 +262,24 @@ class GaussianDiffusion:
         t = self.check_t(t, len(x0))
         if noise is None:
             noise = torch.randn_like(x0)
-        x_t = self.q_sample(x0, t, noise)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x0.shape)}")
+        x_t = self._q_sample(x0, t, noise)
         model_out = self.model_call(model, x_t, t)
         terms = {}
         if self.loss_type == "vlb":
-            terms["vb"] = self.vb_terms_bpd(model_out, x0, x_t, t, clip_denoised=False) * self.num_timesteps
+            terms["vb"] = self._vb_terms(model_out, x0, x_t, t, clip_denoised=False)["output"] * self.num_timesteps
             terms["loss"] = terms["vb"]
             return terms
         out, v = self.split_model_output(model_out, x_t)
         target = {"eps": noise, "x0": x0, "mu": None}[self.mean_type]
         if target is None:
-            target = self.q_posterior(x0, x_t, t)[0]
+            target = self._q_posterior(x0, x_t, t)[0]
         terms["mse"] = losses.mean_flat((target - out) ** 2)
         terms["loss"] = terms["mse"]
         if self.loss_type == "hybrid":
             frozen = torch.cat([out.detach(), v], dim=1)  # only the variance learns from L_vlb
-            terms["vb"] = self.vb_terms_bpd(frozen, x0, x_t, t, clip_denoised=False) * (self.num_timesteps / 1000.0)
+            terms["vb"] = self._vb_terms(frozen, x0, x_t, t, clip_denoised=False)["output"] * (self.num_timesteps / 1000.0)
             terms["loss"] = terms["mse"] + terms["vb"]
         return terms
 
@@ -291,7 +301,7 @@ class GaussianDiffusion:
         for i in steps:
             t = torch.full((n,), i, dtype=torch.long, device=x0.device)
             noise = _randn(x0.shape, noise_generator, x0.device, x0.dtype)
-            x_t = self.q_sample(x0, t, noise)
+            x_t = self._q_sample(x0, t, noise)
             model_out = self.model_call(model, x_t, t)
             terms = self._vb_terms(model_out, x0, x_t, t, clip_denoised)
             vb[:, i] = terms["output"]

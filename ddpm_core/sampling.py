@@ -66,15 +66,12 @@ def respace(d: GaussianDiffusion, steps) -> GaussianDiffusion:
     :param steps: an int count, a section spec ``"10,20,30"`` or ``"ddimN"``
         (see ``space_timesteps``).
     """
-    keep = space_timesteps(d.num_timesteps, steps)
-    alpha_bar = d.alpha_bar
-    last, betas = 1.0, []
-    for s in keep:
-        betas.append(1.0 - float(alpha_bar[s]) / last)
-        last = float(alpha_bar[s])
+    keep = torch.tensor(space_timesteps(d.num_timesteps, steps))
+    alpha_bar = d.alpha_bar[keep]
+    alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
     base_map = d.timestep_map if d.timestep_map is not None else torch.arange(d.num_timesteps)
-    return GaussianDiffusion(torch.tensor(betas, dtype=torch.float64), d.mean_type, d.var_type,
-                             d.loss_type, timestep_map=base_map[torch.tensor(keep)])
+    return GaussianDiffusion(1.0 - alpha_bar / alpha_bar_prev, d.mean_type, d.var_type,
+                             d.loss_type, timestep_map=base_map[keep])
 
 
 # ---------------------------------------------------------------------- shared loop
@@ -127,7 +124,7 @@ def ddpm_step(model: Callable, d: GaussianDiffusion, x_t: torch.Tensor, i: int,
     """
     t = torch.full((len(x_t),), i, dtype=torch.long, device=x_t.device)
     model_out = d.model_call(model, x_t, t)
-    out = d.p_mean_variance(model_out, x_t, t, clip_denoised=clip_denoised)
+    out = d._p_mean_variance(model_out, x_t, t, clip_denoised=clip_denoised)
     if i > 0:  # no noise at the last step
         x_prev = out["mean"] + torch.exp(0.5 * out["log_variance"]) * noise
     else:
@@ -185,7 +182,7 @@ def ddim_step(model: Callable, d: GaussianDiffusion, x_t: torch.Tensor, i: int, 
     """
     t = torch.full((len(x_t),), i, dtype=torch.long, device=x_t.device)
     model_out = d.model_call(model, x_t, t)
-    out = d.p_mean_variance(model_out, x_t, t, clip_denoised=clip_denoised)
+    out = d._p_mean_variance(model_out, x_t, t, clip_denoised=clip_denoised)
     eps = d.predict_eps_from_x0(x_t, t, out["pred_x0"])  # consistent with the clipped x0
     a = d._extract("alpha_bar", t, x_t)
     a_prev = d._extract("alpha_bar_prev", t, x_t)

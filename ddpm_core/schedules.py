@@ -26,6 +26,9 @@ def get_betas(name: str, T: int) -> torch.Tensor:
         raise ValueError(f"T must be a positive integer number of steps, got {T!r}")
     if name == "linear":
         scale = 1000.0 / T  # keeps the schedule's shape for any T, as in improved-diffusion
+        if T <= 20:
+            raise ValueError(f"the linear schedule needs T > 20 (its last beta, 0.02 * 1000 / T = {20 / T:.3g}, "
+                             "must stay below 1); use more steps or the 'cosine' schedule")
         return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
     if name == "cosine":
         return betas_from_alpha_bar(lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2, T)
