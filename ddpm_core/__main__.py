@@ -1,0 +1,157 @@
+"""Command line: ``python -m ddpm_core train ...`` and ``python -m ddpm_core sample ...``.
+
+Examples::
+
+    python -m ddpm_core train --book-config mnist5k --out runs/mnist
+    python -m ddpm_core train --dataset mnist5k --preset cpu-mnist --steps 2000 --out runs/x
+    python -m ddpm_core sample --checkpoint runs/x/last.pt --n 64 --steps 250 --out grid.png
+    python -m ddpm_core sample --checkpoint runs/x/last.pt --sampler ddim --ddim-steps 50 --out grid.png
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+
+def _field_type(annotation: str):
+    """The argparse type of a TrainConfig field from its (string) annotation."""
+    base = annotation.split("|")[0].strip()
+    return {"int": int, "float": float, "str": str}.get(base, str)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .train import BOOK_CONFIGS, TrainConfig
+
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder: holds last.pt (the checkpoint) and config.json; a run already there is resumed")
+    p.add_argument("--book-config", choices=sorted(BOOK_CONFIGS), default=None,
+                   help="start from this configuration of the book; the options below change single fields "
+                        "(without it, the defaults are the DDPM paper's CIFAR-10 run)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh even if DIR/last.pt exists (it is overwritten)")
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    g = p.add_argument_group("configuration (fields of ddpm_core.train.TrainConfig)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})"
+        if f.type == "bool":
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            g.add_argument(flag, dest=f.name, type=_field_type(f.type), default=None, metavar=f.name.upper(),
+                           help=help_text)
+
+
+def _add_sample_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by train (e.g. runs/x/last.pt)")
+    p.add_argument("--out", required=True, metavar="PNG",
+                   help="output image: a grid of samples, or a scatter plot for 2-D data")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
+                   help="ddpm: ancestral sampling (Algorithm 2 of Ho et al.), respaced when --steps < T; "
+                        "ddim: deterministic DDIM with --ddim-steps (default: ddpm)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="ddpm sampler: number of evenly spaced reverse steps (default: all T)")
+    p.add_argument("--ddim-steps", type=int, default=50, help="ddim sampler: number of steps (default: 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim sampler: noise scale eta, 0 is deterministic (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default: 0)")
+    p.add_argument("--no-ema", action="store_true", help="sample with the last weights instead of their EMA")
+    p.add_argument("--device", default=None, help="device to sample on (default: runtime.get_device())")
+    p.add_argument("--nrow", type=int, default=None, help="images per row of the grid (default: about sqrt(n))")
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m ddpm_core`` parser with the ``train`` and ``sample`` commands."""
+    parser = argparse.ArgumentParser(prog="python -m ddpm_core", description=__doc__.split("\n\n")[0],
+                                     epilog="Run 'python -m ddpm_core COMMAND --help' for the options of a command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_options(sub.add_parser(
+        "train", help="train a diffusion model and write checkpoints (resumes a run in --out)",
+        description="Train a DDPM (Algorithm 1 of Ho et al. 2020) with Adam, learning-rate warm-up, gradient "
+                    "clipping and an EMA of the weights. Ctrl-C saves a checkpoint; running the same command "
+                    "again resumes it exactly. Under torchrun every process trains a shard of each batch."))
+    _add_sample_options(sub.add_parser(
+        "sample", help="draw samples from a checkpoint and save them as a PNG",
+        description="Draw samples from a trained model (its EMA weights by default) and save a PNG."))
+    return parser
+
+
+def _train(args) -> int:
+    from .train import TrainConfig, book_config, train
+
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+               if getattr(args, f.name) is not None}
+    config = book_config(args.book_config, **changes) if args.book_config else TrainConfig(**changes)
+    result = train(config, out_dir=args.out, resume=not args.no_resume, progress=not args.no_progress)
+    loss = result.history["loss"]
+    tail = float(loss[-min(len(loss), 100):].mean()) if len(loss) else float("nan")
+    print(f"trained {result.step} steps in {result.history['wall_time']:.1f} s; mean loss of the last "
+          f"{min(len(loss), 100)} steps {tail:.4f}; checkpoint {result.checkpoint}")
+    return 0
+
+
+def save_samples(x, path: str | Path, nrow: int | None = None) -> None:
+    """Save samples as a PNG: images [N, C, H, W] in [-1, 1] as a grid, points [N, 2] as a scatter plot."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = x.detach().float().cpu()
+    if x.dim() == 4:
+        from torchvision.utils import save_image
+        save_image((x.clamp(-1, 1) + 1) / 2, path, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=2)
+    elif x.dim() == 2 and x.shape[1] == 2:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(x[:, 0], x[:, 1], s=3)
+        ax.set_aspect("equal")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    else:
+        raise ValueError(f"cannot draw samples of shape {tuple(x.shape)}: expected [N, C, H, W] or [N, 2]")
+
+
+def _sample(args) -> int:
+    import torch
+
+    from . import runtime, sampling
+    from .train import load_checkpoint
+
+    if args.n < 1:
+        raise SystemExit(f"--n must be >= 1, got {args.n}")
+    device = torch.device(args.device) if args.device else runtime.get_device()
+    result = load_checkpoint(args.checkpoint, map_location=device)
+    model = result.model if args.no_ema else result.ema
+    d = result.diffusion
+    shape = (args.n, *result.sample_shape)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    progress = not args.no_progress
+    if args.sampler == "ddim":
+        x = sampling.ddim_sample(model, d, shape, args.ddim_steps, eta=args.eta, generator=generator,
+                                 progress=progress)
+        how = f"DDIM, {args.ddim_steps} steps, eta {args.eta}"
+    else:
+        steps = args.steps or d.num_timesteps
+        if not 1 <= steps <= d.num_timesteps:
+            raise SystemExit(f"--steps must be in 1..{d.num_timesteps} (T of this model), got {steps}")
+        process = d if steps == d.num_timesteps else sampling.respace(d, steps)
+        x = sampling.ddpm_sample(model, process, shape, generator=generator, progress=progress)
+        how = f"DDPM, {steps} of {d.num_timesteps} steps"
+    save_samples(x, args.out, args.nrow)
+    print(f"wrote {args.n} samples ({how}, {'last' if args.no_ema else 'EMA'} weights of step {result.step}) "
+          f"to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m ddpm_core`` and of the ``ddpm-core`` script."""
+    args = build_parser().parse_args(argv)
+    return {"train": _train, "sample": _sample}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

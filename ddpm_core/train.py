@@ -1,0 +1,809 @@
+"""Training: the configuration, the trainer, checkpoints and the cache of trained models.
+
+One step is Algorithm 1 of Ho et al. 2020: draw x0 from the data, t from the timestep sampler
+(uniform, or importance-sampled for L_vlb), eps ~ N(0, I), and take a gradient step on the
+per-example loss of ``GaussianDiffusion.training_losses`` weighted by the sampler's weights.
+The recipe around it is the released DDPM code's: Adam, a linear learning-rate warm-up, gradient
+clipping at global norm 1.0, and an exponential moving average (EMA) of the weights, which is the
+model that samples.
+
+Step numbering: ``step`` counts completed updates. Update number ``s + 1`` uses the learning rate
+``lr_at(s)`` and the EMA decay ``ema_decay_at(s)``; its loss is ``history["loss"][s]``.
+
+Resuming is exact: a checkpoint holds the weights, the EMA, Adam's moments, the step, the timestep
+sampler's state and every random state (torch CPU and CUDA, the noise generator, the data stream's
+generator, permutation and position), so on the CPU ``N steps + resume + N steps`` equals ``2N``
+steps bit for bit. Several processes (``torchrun``) train with DistributedDataParallel; each takes
+its share of every epoch's permutation and rank 0 writes the checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import diffusion as _diffusion
+from . import resample, runtime, schedules
+
+PRECISIONS = {
+    "auto": "bf16 autocast on a CUDA device that supports bf16, else fp32",
+    "fp32": "float32 throughout",
+    "bf16": "bf16 autocast for the network (weights, optimiser and loss stay float32)",
+}
+CHECKPOINT_FORMAT = "ddpm_core.train/1"
+CHECKPOINT_NAME = "last.pt"
+CACHE_VERSION = 1  # bump when a change in the trainer makes cached models stale
+# Fields that change how a run is carried out but not what it computes: not part of the cache key,
+# and free to differ when a run resumes.
+BOOKKEEPING_FIELDS = ("steps", "checkpoint_every", "log_every", "device")
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. The defaults are the DDPM paper's CIFAR-10 run."""
+
+    dataset: str = _opt("cifar10", "dataset name for data.load_dataset (e.g. mnist5k, digits, ring, cifar10)")
+    preset: str = _opt("ddpm-cifar10", "network preset for unet.build_model (e.g. cpu-mnist, ddpm-cifar10, toy-mlp)")
+    T: int = _opt(1000, "number of diffusion steps T")
+    schedule: str = _opt("linear", "beta schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)")
+    mean_type: str = _opt("eps", "what the network predicts: eps, x0 or mu")
+    var_type: str = _opt("fixed_small", "reverse variance: fixed_small, fixed_large, learned or learned_range")
+    loss_type: str = _opt("simple", "objective: simple (L_simple), vlb (L_vlb) or hybrid (L_simple + 0.001 L_vlb)")
+    timestep_sampler: str = _opt("uniform", "how t is drawn: uniform or loss-second-moment (importance sampling)")
+    batch_size: int = _opt(128, "global batch size (split evenly across processes under DDP)")
+    lr: float = _opt(2e-4, "Adam learning rate after the warm-up")
+    warmup_steps: int = _opt(5000, "steps of linear learning-rate warm-up (0: none)")
+    grad_clip: float | None = _opt(1.0, "clip the gradient at this global norm (0 or None: no clipping)")
+    ema_decay: float = _opt(0.9999, "decay of the exponential moving average of the weights")
+    ema_warmup: bool = _opt(True, "use the decay min(ema_decay, (1+step)/(10+step)) so that short runs "
+                                  "have a useful EMA (no effect on the final EMA of a long run)")
+    steps: int = _opt(800_000, "number of training steps (updates)")
+    precision: str = _opt("auto", "auto (bf16 on CUDA with bf16 support, else fp32), fp32 or bf16")
+    seed: int = _opt(0, "seed of the initial weights, the data order, the noise and dropout")
+    flip: bool = _opt(False, "random horizontal flips of the training images (the paper flips CIFAR-10)")
+    image_size: int | None = _opt(None, "resize the images to this size (default: the dataset's own)")
+    dropout: float | None = _opt(None, "dropout rate of the network (default: the preset's)")
+    checkpoint_every: int = _opt(1000, "write out_dir/last.pt every this many steps (and at the end)")
+    log_every: int = _opt(100, "update the progress bar and check for NaN/inf losses every this many steps")
+    device: str | None = _opt(None, "device to train on (default: runtime.get_device())")
+
+    def __post_init__(self):
+        for name in ("lr", "ema_decay", "grad_clip", "dropout"):  # accept ints such as lr=1
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+        if self.grad_clip == 0.0:
+            self.grad_clip = None
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field with an invalid value and what it accepts."""
+        def need(ok: bool, name: str, what: str):
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r} is invalid: {what}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("dataset", "preset"):
+            need(isinstance(getattr(self, name), str) and getattr(self, name), name, "expected a non-empty name")
+        need(is_int(self.T) and self.T >= 1, "T", "expected an int >= 1")
+        need(self.schedule in schedules.SCHEDULES, "schedule", f"expected one of {list(schedules.SCHEDULES)}")
+        try:  # the schedule's own limits, e.g. linear betas need T > 20
+            schedules.get_betas(self.schedule, self.T)
+        except ValueError as e:
+            raise ValueError(f"TrainConfig.T = {self.T} with schedule {self.schedule!r}: {e}") from None
+        need(self.mean_type in _diffusion.MEAN_TYPES, "mean_type", f"expected one of {list(_diffusion.MEAN_TYPES)}")
+        need(self.var_type in _diffusion.VAR_TYPES, "var_type", f"expected one of {list(_diffusion.VAR_TYPES)}")
+        need(self.loss_type in _diffusion.LOSS_TYPES, "loss_type", f"expected one of {list(_diffusion.LOSS_TYPES)}")
+        need(self.timestep_sampler in resample.SAMPLERS, "timestep_sampler",
+             f"expected one of {list(resample.SAMPLERS)}")
+        learned = self.var_type in ("learned", "learned_range")
+        need(not (learned and self.loss_type == "simple"), "var_type",
+             "a learned variance gets no gradient from loss_type 'simple'; use 'hybrid' or 'vlb'")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "expected an int >= 1")
+        need(is_num(self.lr) and self.lr > 0, "lr", "expected a positive learning rate")
+        need(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "expected an int >= 0")
+        need(self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip > 0), "grad_clip",
+             "expected a positive norm, or None/0 for no clipping")
+        need(is_num(self.ema_decay) and 0.0 <= self.ema_decay < 1.0, "ema_decay", "expected 0 <= decay < 1")
+        need(isinstance(self.ema_warmup, bool), "ema_warmup", "expected True or False")
+        need(is_int(self.steps) and self.steps >= 0, "steps", "expected an int >= 0")
+        need(self.precision in PRECISIONS, "precision", f"expected one of {list(PRECISIONS)}")
+        need(is_int(self.seed) and self.seed >= 0, "seed", "expected an int >= 0")
+        need(isinstance(self.flip, bool), "flip", "expected True or False")
+        need(self.image_size is None or (is_int(self.image_size) and self.image_size >= 1), "image_size",
+             "expected None or an int >= 1")
+        need(self.dropout is None or (is_num(self.dropout) and 0.0 <= self.dropout < 1.0), "dropout",
+             "expected None (the preset's rate) or 0 <= rate < 1")
+        need(is_int(self.checkpoint_every) and self.checkpoint_every >= 1, "checkpoint_every", "expected an int >= 1")
+        need(is_int(self.log_every) and self.log_every >= 1, "log_every", "expected an int >= 1")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"TrainConfig.device = {self.device!r} is not a device name: {e}") from None
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo would otherwise be ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss, the gradient norm or the weights became NaN or inf."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupted or not a ddpm_core training checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """A trained (or loaded) run.
+
+    :param model: the network with the last weights (eval mode).
+    :param ema: the EMA of the weights (eval mode): the model to sample with.
+    :param diffusion: the ``GaussianDiffusion`` it was trained for (``build_diffusion(config)``).
+    :param history: ``loss`` float32 [step] (rank 0's loss per update), ``grad_norm`` float32 [step]
+        (before clipping) and ``wall_time`` (seconds spent training, over all resumes).
+    :param checkpoint: the checkpoint file, or None for a run without ``out_dir``.
+    :param step: completed updates. :param sample_shape: shape of one example, e.g. (1, 28, 28).
+    """
+
+    model: nn.Module
+    ema: nn.Module
+    diffusion: Any
+    config: TrainConfig
+    history: dict
+    checkpoint: Path | None
+    step: int
+    sample_shape: tuple
+
+
+@dataclass
+class StepInfo:
+    """What a ``callback`` sees after each update (``loss`` is a detached 0-d device tensor:
+    reading it with ``.item()`` costs a host synchronisation)."""
+
+    step: int
+    loss: torch.Tensor
+    lr: float
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+# ---------------------------------------------------------------------- schedules of the recipe
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of update ``step + 1``: ``lr * min(1, (step + 1) / warmup_steps)``.
+
+    (The DDPM code uses ``step / warmup``, whose first update has learning rate 0.)"""
+    if config.warmup_steps <= 0:
+        return config.lr
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+
+
+def ema_decay_at(step: int, config: TrainConfig) -> float:
+    """EMA decay of update ``step + 1``: ``min(ema_decay, (1 + step) / (10 + step))`` with the
+    warm-up, else ``ema_decay``. ema <- decay * ema + (1 - decay) * weights."""
+    if not config.ema_warmup:
+        return config.ema_decay
+    return min(config.ema_decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def ema_update(ema_params: list, params: list, decay: float) -> None:
+    """In place, ``ema = decay * ema + (1 - decay) * params`` for every tensor, in one fused call."""
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the network's forward pass, or None for float32."""
+    if config.precision == "fp32":
+        return None
+    if config.precision == "bf16":
+        return torch.bfloat16
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if cuda_bf16 else None
+
+
+# ---------------------------------------------------------------------- building blocks
+def build_diffusion(config: TrainConfig) -> _diffusion.GaussianDiffusion:
+    """The ``GaussianDiffusion`` of a configuration (schedule, T, mean/variance/loss types)."""
+    betas = schedules.get_betas(config.schedule, config.T)
+    return _diffusion.GaussianDiffusion(betas, mean_type=config.mean_type, var_type=config.var_type,
+                                        loss_type=config.loss_type)
+
+
+def build_network(config: TrainConfig) -> nn.Module:
+    """A freshly initialised network of ``config.preset`` (``unet.build_model``) with the
+    configuration's dropout and image size and, for a learned variance, twice the output
+    channels. Draws its initial weights from the global torch RNG."""
+    from . import unet
+
+    kwargs = {"learn_sigma": config.var_type in ("learned", "learned_range")}
+    if config.dropout is not None:
+        kwargs["dropout"] = config.dropout
+    if config.image_size is not None:
+        kwargs["image_size"] = config.image_size
+    return unet.build_model(config.preset, **kwargs)
+
+
+def load_train_data(config: TrainConfig) -> torch.Tensor:
+    """The training examples of ``config.dataset``: float32 [N, C, H, W] in [-1, 1] or [N, D]."""
+    from . import data
+
+    ds = data.load_dataset(config.dataset, split="train", image_size=config.image_size)
+    return ds.x
+
+
+class BatchStream:
+    """Endless mini-batches of the rows of ``x`` for process ``rank`` of ``world``.
+
+    Each epoch is a random permutation of the rows (the same on every process, cut to a multiple
+    of ``world``), of which process ``rank`` takes every ``world``-th; the incomplete last batch is
+    dropped. With ``flip`` each image is mirrored left-right with probability 1/2. The state
+    (generator, permutation, position) restores the stream exactly.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 flip: bool = False):
+        if len(x) // world < batch_size:
+            raise ValueError(f"the dataset has {len(x)} examples, fewer than one batch of {batch_size} "
+                             f"per process ({world} processes); lower batch_size")
+        if flip and x.dim() != 4:
+            raise ValueError(f"flip=True needs images [N, C, H, W], got data of shape {tuple(x.shape)}")
+        self.x, self.batch_size, self.rank, self.world, self.flip = x, batch_size, rank, world, flip
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        b = self.batch_size
+        if self.pos + b > len(self.perm):
+            n = len(self.x) // self.world * self.world
+            self.perm = torch.randperm(len(self.x), generator=self.generator)[:n][self.rank::self.world]
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + b]
+        self.pos += b
+        x0 = self.x[idx.to(self.x.device)]
+        if self.flip:
+            mirror = (torch.rand(b, generator=self.generator) < 0.5).to(x0.device).view(-1, 1, 1, 1)
+            x0 = torch.where(mirror, x0.flip(-1), x0)
+        return x0
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+
+
+def _seed(*parts) -> int:
+    """A 63-bit seed derived from ``parts`` (so the streams of one run are independent)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _atomic_save(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader
+    sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_REQUIRED_KEYS = ("format", "config", "step", "model", "ema", "optimizer", "sampler", "rng", "history",
+                  "sample_shape")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict (tensors on the CPU), with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    advice = "delete it (a run in that folder then starts afresh) or pick another checkpoint"
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle, EOF and unpickler errors all mean the same thing here
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path} holds Python objects other than tensors and plain values, so it was "
+                                  f"not written by ddpm_core.train and is not loaded (unsafe); {advice}") from e
+        raise CheckpointError(f"checkpoint {path} cannot be read, it is truncated or corrupted "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {advice}") from e
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path} is not a ddpm_core training checkpoint (format {found!r}, expected "
+                              f"{CHECKPOINT_FORMAT!r}); {advice}")
+    missing = [k for k in _REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; {advice}")
+    return raw
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> TrainResult:
+    """Load a checkpoint written by :func:`train` as a :class:`TrainResult` (models in eval mode).
+
+    :param map_location: device for the models; default ``runtime.get_device()``.
+    """
+    raw = read_checkpoint(path)
+    config = TrainConfig.from_dict(raw["config"])
+    device = torch.device(map_location) if map_location is not None else runtime.get_device()
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's RNG alone
+        model = build_network(config)
+    ema = copy.deepcopy(model)
+    try:
+        model.load_state_dict(raw["model"])
+        ema.load_state_dict(raw["ema"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the network of preset {config.preset!r} "
+                              f"(the preset changed since it was written?): {e}") from e
+    return TrainResult(model=model.to(device).eval(), ema=ema.to(device).eval(), diffusion=build_diffusion(config),
+                       config=config, history=_history_from(raw), checkpoint=Path(path), step=int(raw["step"]),
+                       sample_shape=tuple(raw["sample_shape"]))
+
+
+def _history_from(raw: dict) -> dict:
+    h = raw["history"]
+    return {"loss": h["loss"].clone(), "grad_norm": h["grad_norm"].clone(), "wall_time": float(h["wall_time"])}
+
+
+# ---------------------------------------------------------------------- the trainer
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Turn Ctrl-C (SIGINT) into a flag that the loop reads between updates, so a checkpoint never
+    holds half an update. A second Ctrl-C interrupts at once (and nothing is saved)."""
+    hit = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: hit[0]
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
+        yield lambda: hit[0]
+        return
+
+    def handler(signum, frame):
+        if hit[0]:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        hit[0] = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: hit[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _distributed_setup(config: TrainConfig):
+    """(rank, world, device, created): joins the process group that ``torchrun`` describes in the
+    environment (nccl on CUDA, gloo on the CPU) unless one is already initialised."""
+    import torch.distributed as dist
+
+    created = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        wants_cuda = (config.device or runtime.get_device().type).startswith("cuda")
+        dist.init_process_group("nccl" if wants_cuda and torch.cuda.is_available() else "gloo")
+        created = True
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    device = torch.device(config.device) if config.device else runtime.get_device()
+    if device.type == "cuda" and world > 1 and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device, created
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, out_dir: Path | None, progress: bool, callback):
+        self.config, self.out_dir, self.progress, self.callback = config, out_dir, progress, callback
+        self.rank, self.world, self.device, self._created_group = _distributed_setup(config)
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} does not split evenly over {self.world} processes")
+        c = config
+        self.diffusion = build_diffusion(c)
+        self.sampler = resample.create_sampler(c.timestep_sampler, c.T)
+        x = load_train_data(c)
+        if x.dim() == 4 and x.numel() and (x.min() < -1.0001 or x.max() > 1.0001):  # images only
+            raise ValueError(f"training data must lie in [-1, 1], got min {float(x.min()):.3g}, max {float(x.max()):.3g}")
+        self.sample_shape = tuple(x.shape[1:])
+        self.batches = BatchStream(x.to(self.device), c.batch_size // self.world, _seed(c.seed, "data"),
+                                   self.rank, self.world, c.flip)
+        torch.manual_seed(c.seed)  # the initial weights: the same on every process
+        self.net = build_network(c).to(self.device)
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        torch.manual_seed(_seed(c.seed, "dropout", self.rank))
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(_seed(c.seed, "noise", self.rank))
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.ema_params = [p for p, q in zip(self.ema.parameters(), self.net.parameters()) if q.requires_grad]
+        fused = self.device.type == "cuda"
+        self.opt = torch.optim.Adam(self.params, lr=lr_at(0, c), fused=fused or None,
+                                    foreach=None if fused else True)
+        self.autocast_dtype = resolve_precision(c, self.device)
+        self.step, self.wall_time, self.saved_step = 0, 0.0, None
+        self.loss_hist = torch.full((c.steps,), float("nan"), device=self.device)
+        self.gnorm_hist = torch.full((c.steps,), float("nan"), device=self.device)
+        self.checked = 0  # history entries already checked for NaN/inf
+        self.in_update = False
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if fused else None)
+
+    # -- state -----------------------------------------------------------------------------------
+    def _rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
+                 "data": self.batches.state_dict()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _checkpoint(self, gather: bool) -> dict | None:
+        """The checkpoint dict (on rank 0; None elsewhere). ``gather`` collects every rank's random
+        state (a collective: every rank must call it); without it only rank 0's is stored."""
+        rng = [self._rng_state()]
+        if self.world > 1 and gather:
+            import torch.distributed as dist
+            rng = [None] * self.world
+            dist.all_gather_object(rng, self._rng_state())
+        if self.rank != 0:
+            return None
+        n = self.step
+        return {
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "step": n,
+            "model": self.net.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+            "sampler": self.sampler.state_dict(), "rng": rng, "world_size": self.world,
+            "history": {"loss": self.loss_hist[:n].cpu(), "grad_norm": self.gnorm_hist[:n].cpu(),
+                        "wall_time": self.wall_time},
+            "sample_shape": list(self.sample_shape),
+            "versions": {"torch": str(torch.__version__)},
+        }
+
+    def restore(self, raw: dict, path: Path) -> None:
+        saved = TrainConfig.from_dict(raw["config"]).to_dict()
+        mine = self.config.to_dict()
+        differ = [k for k in mine if k not in BOOKKEEPING_FIELDS and saved[k] != mine[k]]
+        if differ:
+            detail = ", ".join(f"{k}: {saved[k]!r} in the checkpoint, {mine[k]!r} now" for k in differ)
+            raise ValueError(f"cannot resume from {path}: the configuration differs ({detail}); "
+                             "use another out_dir or pass resume=False to start afresh")
+        n = int(raw["step"])
+        if n > self.config.steps:
+            self.config = self.config.replace(steps=n)
+            self.loss_hist = torch.full((n,), float("nan"), device=self.device)
+            self.gnorm_hist = torch.full((n,), float("nan"), device=self.device)
+        self.net.load_state_dict(raw["model"])
+        self.ema.load_state_dict(raw["ema"])
+        self.opt.load_state_dict(raw["optimizer"])
+        self.sampler.load_state_dict(raw["sampler"])
+        self.step = self.checked = self.saved_step = n
+        self.loss_hist[:n] = raw["history"]["loss"].to(self.device)
+        self.gnorm_hist[:n] = raw["history"]["grad_norm"].to(self.device)
+        self.wall_time = float(raw["history"]["wall_time"])
+        rngs = raw["rng"]
+        if len(rngs) == self.world:
+            state = rngs[self.rank]
+            torch.set_rng_state(state["torch"])
+            if self.device.type == "cuda" and "cuda" in state:
+                torch.cuda.set_rng_state(state["cuda"], self.device)
+            self.noise_gen.set_state(state["noise"])
+            self.batches.load_state_dict(state["data"])
+        else:  # a different number of processes: continue, but not bit for bit
+            warnings.warn(f"{path} was written by {len(rngs)} process(es), this run has {self.world}: "
+                          "the random streams restart from fresh seeds (the run is not bit-exact)")
+            torch.manual_seed(_seed(self.config.seed, "dropout", self.rank, n))
+            self.noise_gen.manual_seed(_seed(self.config.seed, "noise", self.rank, n))
+            self.batches = BatchStream(self.batches.x, self.batches.batch_size, _seed(self.config.seed, "data", n),
+                                       self.rank, self.world, self.config.flip)
+
+    # -- one update ------------------------------------------------------------------------------
+    def _model_fn(self):
+        net = self.ddp if self.ddp is not None else self.net
+        if self.autocast_dtype is None:
+            return net
+        dtype, kind = self.autocast_dtype, self.device.type
+
+        def forward(x_t, t):  # the network in low precision, the loss in float32
+            with torch.autocast(kind, dtype=dtype):
+                out = net(x_t, t)
+            return out.float()
+        return forward
+
+    def update(self, model_fn) -> torch.Tensor:
+        s = self.step
+        x0 = next(self.batches)
+        t, weights = self.sampler.sample(len(x0), self.device, generator=self.noise_gen)
+        noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
+        out = self.diffusion.training_losses(model_fn, x0, t, noise=noise)
+        loss = (out["loss"] * weights).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip, foreach=True)
+        else:
+            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                [p.grad for p in self.params if p.grad is not None])))
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(s, self.config)
+        self.opt.step()
+        ema_update(self.ema_params, self.params, ema_decay_at(s, self.config))
+        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
+            b_ema.copy_(b)
+        if self.config.timestep_sampler != "uniform":
+            losses = out["loss"].detach()
+            if self.world > 1:  # every rank keeps the same sampler state
+                import torch.distributed as dist
+                ts, ls = [torch.empty_like(t) for _ in range(self.world)], [torch.empty_like(losses) for _ in range(self.world)]
+                dist.all_gather(ts, t)
+                dist.all_gather(ls, losses)
+                t, losses = torch.cat(ts), torch.cat(ls)
+            self.sampler.update_with_losses(t, losses)
+        self.loss_hist[s] = loss.detach()
+        self.gnorm_hist[s] = gnorm.detach()
+        self.step = s + 1
+        return loss.detach()
+
+    # -- checks and saving -----------------------------------------------------------------------
+    def check(self, bar=None, collective: bool = True) -> None:
+        """Raise ``TrainingDivergedError`` if a loss or gradient norm since the last check is not
+        finite (one host synchronisation per call); update the progress bar's loss."""
+        a, b = self.checked, self.step
+        if b == a:
+            return
+        losses, gnorms = self.loss_hist[a:b], self.gnorm_hist[a:b]
+        bad = ~(torch.isfinite(losses) & torch.isfinite(gnorms))
+        flag = bad.any().to(torch.int32)
+        if self.world > 1 and collective:
+            import torch.distributed as dist
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if int(flag):
+            local = torch.nonzero(bad)
+            first = a + int(local[0]) + 1 if len(local) else b
+            self._diverged(f"the loss or gradient norm became NaN/inf at step {first}", first)
+        self.checked = b
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(losses.mean()):.4f}", lr=f"{lr_at(b - 1, self.config):.2g}", refresh=False)
+
+    def _diverged(self, what: str, step: int):
+        path = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None and self.saved_step is not None else None
+        keep = (f"the last good checkpoint, at step {self.saved_step}, is kept at {path}" if path
+                else "no checkpoint was written")
+        raise TrainingDivergedError(f"training diverged: {what}; {keep}. Lower lr, keep grad_clip, "
+                                    "or use precision 'fp32'.", step, path)
+
+    def save(self, gather: bool = True) -> None:
+        if self.out_dir is None:
+            return
+        norms = torch.stack(torch._foreach_norm(self.params + self.ema_params))
+        if not bool(torch.isfinite(norms).all()):
+            self._diverged(f"the weights hold NaN/inf after step {self.step}", self.step)
+        ckpt = self._checkpoint(gather)
+        if ckpt is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_save(ckpt, self.out_dir / CHECKPOINT_NAME)
+        self.saved_step = self.step
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        model_fn = self._model_fn()
+        self.net.train()
+        bar = tqdm(total=c.steps, initial=self.step, desc=f"training {c.preset} on {c.dataset}",
+                   disable=not self.progress or self.rank != 0, dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            with _deferred_interrupt() as interrupted:
+                while self.step < c.steps:
+                    self.in_update = True
+                    loss = self.update(model_fn)
+                    self.in_update = False
+                    bar.update(1)
+                    if self.callback is not None:
+                        self.callback(StepInfo(self.step, loss, lr_at(self.step - 1, c), self.net, self.ema, self.opt))
+                    if interrupted():
+                        raise KeyboardInterrupt
+                    if self.step % c.log_every == 0:
+                        self.check(bar)
+                    if self.step % c.checkpoint_every == 0:
+                        self.wall_time += time.perf_counter() - start
+                        start = time.perf_counter()
+                        self.check(bar)
+                        self.save()
+                self.wall_time += time.perf_counter() - start
+                start = time.perf_counter()
+                self.check(bar)
+                if self.saved_step != self.step:
+                    self.save()
+        except KeyboardInterrupt:
+            self.wall_time += time.perf_counter() - start
+            if self.in_update or self.out_dir is None:
+                raise
+            self.check(collective=False)
+            self.save(gather=False)
+            bar.write(f"interrupted: saved step {self.step} to {self.out_dir / CHECKPOINT_NAME}; "
+                      "run again with resume=True to continue", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+            self.net.eval()
+
+    def result(self) -> TrainResult:
+        n = self.step
+        path = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None and self.saved_step is not None else None
+        history = {"loss": self.loss_hist[:n].cpu(), "grad_norm": self.gnorm_hist[:n].cpu(),
+                   "wall_time": self.wall_time}
+        return TrainResult(model=self.net.eval(), ema=self.ema.eval(), diffusion=self.diffusion, config=self.config,
+                           history=history, checkpoint=path, step=n, sample_shape=self.sample_shape)
+
+    def close(self) -> None:
+        if self._created_group:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
+          callback: Callable[[StepInfo], None] | None = None) -> TrainResult:
+    """Train a model as ``config`` describes (Algorithm 1 of Ho et al. 2020, with the recipe of
+    the module docstring).
+
+    :param out_dir: folder for ``last.pt`` (every ``checkpoint_every`` steps, at the end and on
+        Ctrl-C); None trains without checkpoints.
+    :param resume: continue from ``out_dir/last.pt`` if it exists (its configuration must match,
+        except ``steps`` and the bookkeeping fields); False starts afresh and overwrites it.
+    :param progress: show a ``tqdm`` bar with the loss (refreshed every ``log_every`` steps).
+    :param callback: called after each update with a :class:`StepInfo`.
+    :return: a :class:`TrainResult`.
+    :raises TrainingDivergedError: a loss, gradient norm or weight became NaN/inf (the last good
+        checkpoint is left in place).
+    :raises CheckpointError: ``out_dir/last.pt`` exists but cannot be read.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``train`` with the same arguments;
+    the checkpoint folder must be visible to all of them to resume.
+    """
+    config.validate()
+    out_dir = Path(out_dir) if out_dir is not None else None
+    trainer = _Trainer(config, out_dir, progress, callback)
+    try:
+        path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
+        if resume and path is not None and path.exists():
+            trainer.restore(read_checkpoint(path), path)
+        if out_dir is not None and trainer.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        trainer.run()
+        return trainer.result()
+    finally:
+        trainer.close()
+
+
+# ---------------------------------------------------------------------- the model cache
+def config_key(config: TrainConfig) -> str:
+    """A stable name for the trained model of ``config``: ``<dataset>-<preset>-<16 hex digits>``,
+    a hash of every field except the bookkeeping ones (``checkpoint_every``, ``log_every``,
+    ``device``), with ``steps`` included."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING_FIELDS or k == "steps"}
+    fields["_cache_version"] = CACHE_VERSION
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return f"{config.dataset}-{config.preset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def cached_run_dir(config: TrainConfig) -> Path:
+    """``runtime.cache_dir()/models/<config_key(config)>``."""
+    return runtime.cache_dir() / "models" / config_key(config)
+
+
+def get_trained(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """The trained model of ``config``, shared by every chapter that asks for it.
+
+    Loaded from ``cached_run_dir(config)`` when a finished run is there; otherwise trained there
+    (a partially trained run, e.g. one interrupted with Ctrl-C, is resumed). A cached checkpoint
+    that no longer fits its preset's network is retrained, with a warning.
+    """
+    folder = cached_run_dir(config)
+    path = folder / CHECKPOINT_NAME
+    if path.exists():
+        try:
+            result = load_checkpoint(path)
+        except CheckpointError as e:
+            if "does not fit the network" not in str(e):
+                raise
+            warnings.warn(f"{e}; retraining it")
+            return train(config, out_dir=folder, resume=False, progress=progress)
+        if result.step >= config.steps:
+            return result
+    return train(config, out_dir=folder, resume=True, progress=progress)
+
+
+# ---------------------------------------------------------------------- the book's configurations
+BOOK_CONFIGS: dict[str, TrainConfig] = {}  # filled below; see book_config
+
+
+def book_config(name: str, **changes) -> TrainConfig:
+    """A configuration the book trains, by name (see ``BOOK_CONFIGS``), with optional changes."""
+    if name not in BOOK_CONFIGS:
+        raise ValueError(f"unknown book configuration {name!r}; choose one of {sorted(BOOK_CONFIGS)}")
+    return BOOK_CONFIGS[name].replace(**changes)
+
+
+CPU_PRESETS: dict[str, TrainConfig] = {
+    # DDPM on 4,000 MNIST digits (28x28): see the notes above on time and sample quality.
+    "mnist5k": TrainConfig(dataset="mnist5k", preset="cpu-mnist", T=1000, schedule="linear", batch_size=64,
+                           lr=1e-3, warmup_steps=100, ema_decay=0.999, steps=1500, checkpoint_every=250, log_every=50),
+    # 8x8 scikit-learn digits: a tiny U-Net, a minute of training.
+    "digits": TrainConfig(dataset="digits", preset="cpu-digits", T=1000, batch_size=128, lr=1e-3,
+                          warmup_steps=100, ema_decay=0.999, steps=2000, checkpoint_every=500, log_every=50),
+    # 2-D toys with the time-conditioned MLP.
+    "toy-ring": TrainConfig(dataset="ring", preset="toy-mlp", T=1000, batch_size=512, lr=1e-3, warmup_steps=100,
+                            ema_decay=0.995, steps=3000, checkpoint_every=1000, log_every=100),
+    "toy-swissroll": TrainConfig(dataset="swissroll", preset="toy-mlp", T=1000, batch_size=512, lr=1e-3,
+                                 warmup_steps=100, ema_decay=0.995, steps=3000, checkpoint_every=1000, log_every=100),
+}
+GPU_PRESETS: dict[str, TrainConfig] = {
+    # Ho et al. 2020, CIFAR-10: the paper's settings (lr 2e-4, batch 128, 5,000 warm-up steps,
+    # EMA 0.9999, dropout 0.1, random flips, 800k steps).
+    "cifar10": TrainConfig(dataset="cifar10", preset="ddpm-cifar10", flip=True, dropout=0.1, checkpoint_every=5000),
+}
+BOOK_CONFIGS.update(CPU_PRESETS)
+BOOK_CONFIGS.update(GPU_PRESETS)

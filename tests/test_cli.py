@@ -1,0 +1,84 @@
+"""Tests of the command line ``python -m ddpm_core``."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ddpm_core import train as tr
+from ddpm_core.__main__ import build_parser, main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _options(parser) -> list[str]:
+    return [s for a in parser._actions for s in a.option_strings]
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_help_exits_0_and_explains_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    options = _options(sub)
+    assert len(options) > 10
+    for opt in options:
+        assert opt in text, f"{opt} missing from '{command} --help'"
+    for action in sub._actions:  # every option has its own help string
+        assert action.help, f"{action.option_strings} has no help"
+    if command == "train":  # every TrainConfig field is an option
+        for f in tr.TrainConfig.__dataclass_fields__:
+            assert "--" + f.replace("_", "-") in text
+
+
+def test_module_help_runs_as_a_program():
+    out = subprocess.run([sys.executable, "-m", "ddpm_core", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "train" in out.stdout and "sample" in out.stdout
+
+
+def test_train_then_sample_writes_a_checkpoint_and_pngs(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--steps", "3", "--batch-size", "8",
+                 "--T", "40", "--warmup-steps", "2", "--lr", "1e-3", "--ema-decay", "0.9", "--flip",
+                 "--out", str(run), "--no-progress"]) == 0
+    raw = tr.read_checkpoint(run / "last.pt")
+    assert raw["step"] == 3 and raw["config"]["flip"] is True and raw["config"]["T"] == 40
+    assert "trained 3 steps" in capsys.readouterr().out
+    for extra in (["--steps", "5"], ["--sampler", "ddim", "--ddim-steps", "4"]):
+        png = tmp_path / f"grid{len(extra[-1])}{extra[0]}.png"
+        assert main(["sample", "--checkpoint", str(run / "last.pt"), "--n", "4", "--out", str(png),
+                     "--no-progress", *extra]) == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second train with more steps resumes the run
+    assert main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--steps", "4", "--batch-size", "8",
+                 "--T", "40", "--warmup-steps", "2", "--lr", "1e-3", "--ema-decay", "0.9", "--flip",
+                 "--out", str(run), "--no-progress"]) == 0
+    assert tr.read_checkpoint(run / "last.pt")["step"] == 4
+
+
+def test_book_config_and_toy_scatter_plot(tmp_path):
+    run = tmp_path / "toy"
+    assert main(["train", "--book-config", "toy-ring", "--steps", "2", "--out", str(run), "--no-progress"]) == 0
+    assert tr.read_checkpoint(run / "last.pt")["config"]["dataset"] == "ring"
+    png = tmp_path / "points.png"
+    assert main(["sample", "--checkpoint", str(run / "last.pt"), "--n", "16", "--steps", "4", "--out", str(png),
+                 "--no-progress"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_values_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="schedule"):
+        main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--schedule", "quadratic",
+              "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", "x.pt", "--sampler", "euler", "--out", "x.png"])

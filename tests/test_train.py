@@ -1,0 +1,307 @@
+"""Tests of ddpm_core.train: exact resume, Ctrl-C, divergence, bad checkpoints, EMA and learning-rate
+schedules, configuration, the model cache and two-process DDP training (gloo)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+
+from ddpm_core import train as tr
+
+# A tiny run: the 2-D toy MLP on the ring of Gaussians, T = 50 (each step takes milliseconds).
+TOY = dict(dataset="ring", preset="toy-mlp", T=50, batch_size=32, lr=1e-3, warmup_steps=3, ema_decay=0.99,
+           steps=12, log_every=4, checkpoint_every=6, seed=3)
+
+
+def toy(**changes) -> tr.TrainConfig:
+    return tr.TrainConfig(**{**TOY, **changes})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster (and steadier on a shared 2-core machine) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def state_of(result_or_ckpt) -> dict:
+    """Every tensor that defines a run's state, flattened: weights, EMA, Adam moments and steps."""
+    if isinstance(result_or_ckpt, dict):
+        raw = result_or_ckpt
+    else:
+        raw = tr.read_checkpoint(result_or_ckpt.checkpoint)
+    flat = {f"model.{k}": v for k, v in raw["model"].items()}
+    flat.update({f"ema.{k}": v for k, v in raw["ema"].items()})
+    for pid, st in raw["optimizer"]["state"].items():
+        flat.update({f"adam.{pid}.{k}": torch.as_tensor(v) for k, v in st.items()})
+    flat.update({f"sampler.{k}": v for k, v in raw["sampler"].items()})
+    flat["loss"] = raw["history"]["loss"]
+    return flat
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+# ---------------------------------------------------------------------- resume and interrupt
+RESUME_CASES = {
+    "eps-simple-dropout": dict(dropout=0.1),
+    "hybrid-importance": dict(var_type="learned_range", loss_type="hybrid", timestep_sampler="loss-second-moment"),
+    "images-flip": dict(dataset="digits", preset="cpu-digits", batch_size=8, flip=True, dropout=0.1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, case):
+    config = toy(**RESUME_CASES[case])
+    full = tr.train(config, out_dir=tmp_path / "full", progress=False)
+    half = tr.train(config.replace(steps=6), out_dir=tmp_path / "split", progress=False)
+    assert half.step == 6 and tr.read_checkpoint(half.checkpoint)["step"] == 6
+    resumed = tr.train(config, out_dir=tmp_path / "split", progress=False)
+    assert resumed.step == full.step == 12
+    assert_same_state(state_of(full), state_of(resumed))
+    for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
+        assert torch.equal(a, b)
+    # a run of a different seed differs: the comparison above can fail
+    other = tr.train(config.replace(seed=4), progress=False)
+    assert not torch.equal(next(other.model.parameters()), next(full.model.parameters()))
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    config = toy()
+    full = tr.train(config, out_dir=tmp_path / "full", progress=False)
+
+    def interrupt_at_7(info: tr.StepInfo):
+        if info.step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(config, out_dir=tmp_path / "run", progress=False, callback=interrupt_at_7)
+    assert tr.read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 7
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "last.pt"]  # no temp files
+    resumed = tr.train(config, out_dir=tmp_path / "run", progress=False)
+    assert_same_state(state_of(full), state_of(resumed))
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    tr.train(toy(steps=4), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"lr: 0.001 in the checkpoint, 0.002 now"):
+        tr.train(toy(lr=2e-3), out_dir=tmp_path, progress=False)
+    fresh = tr.train(toy(lr=2e-3, steps=2), out_dir=tmp_path, resume=False, progress=False)
+    assert fresh.step == 2 and tr.read_checkpoint(tmp_path / "last.pt")["config"]["lr"] == 2e-3
+
+
+# ---------------------------------------------------------------------- divergence and bad files
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = toy(steps=20, log_every=4, checkpoint_every=5)
+
+    def poison_at_7(info: tr.StepInfo):
+        if info.step == 7:
+            with torch.no_grad():
+                next(info.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(tr.TrainingDivergedError, match=r"NaN/inf at step 8") as err:
+        tr.train(config, out_dir=tmp_path, progress=False, callback=poison_at_7)
+    assert err.value.step == 8
+    assert err.value.checkpoint == tmp_path / "last.pt"
+    assert "step 5" in str(err.value)
+    good = tr.load_checkpoint(tmp_path / "last.pt", map_location="cpu")
+    assert good.step == 5 and len(good.history["loss"]) == 5
+    for p in list(good.model.parameters()) + list(good.ema.parameters()):
+        assert torch.isfinite(p).all()
+    assert torch.isfinite(good.history["loss"]).all()
+
+
+def test_truncated_or_corrupted_checkpoint_names_the_file(tmp_path):
+    tr.train(toy(steps=2), out_dir=tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "last.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    for load in (lambda: tr.load_checkpoint(path), lambda: tr.train(toy(), out_dir=tmp_path / "run", progress=False)):
+        with pytest.raises(tr.CheckpointError, match="truncated or corrupted") as err:
+            load()
+        assert str(path) in str(err.value) and "delete it" in str(err.value)
+    path.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(tr.CheckpointError, match=str(path)):
+        tr.load_checkpoint(path)
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(tr.CheckpointError, match="not a ddpm_core training checkpoint"):
+        tr.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        tr.load_checkpoint(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------- the recipe's schedules
+def test_ema_after_k_steps_equals_the_closed_form():
+    """With a constant decay d: ema_k = d^k w_0 + (1 - d) sum_i d^(k-i) w_i (w_i: weights after update i)."""
+    d, k = 0.9, 10
+    config = toy(ema_warmup=False, ema_decay=d, steps=k)
+    seen = []
+    result = tr.train(config, progress=False, callback=lambda info: seen.append(
+        [p.detach().double().clone() for p in info.model.parameters()]))
+    torch.manual_seed(config.seed)  # the trainer's initial weights
+    w0 = [p.detach().double() for p in tr.build_network(config).parameters()]
+    assert len(seen) == k
+    for j, e in enumerate(result.ema.parameters()):
+        expected = d ** k * w0[j] + (1 - d) * sum(d ** (k - i) * seen[i - 1][j] for i in range(1, k + 1))
+        torch.testing.assert_close(e.double(), expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(next(result.ema.parameters()), next(result.model.parameters()))
+
+
+def test_ema_update_is_a_lerp_and_the_warmup_decay():
+    ema, w = [torch.zeros(3)], [torch.ones(3)]
+    tr.ema_update(ema, w, 0.75)
+    assert torch.equal(ema[0], torch.full((3,), 0.25))
+    config = toy(ema_decay=0.999)
+    assert tr.ema_decay_at(0, config) == pytest.approx(0.1)
+    assert tr.ema_decay_at(90, config) == pytest.approx(91 / 100)
+    assert tr.ema_decay_at(10**6, config) == 0.999
+    assert tr.ema_decay_at(0, config.replace(ema_warmup=False)) == 0.999
+
+
+def test_learning_rate_warms_up_linearly():
+    config = toy(lr=1.0, warmup_steps=4, steps=6)
+    assert [tr.lr_at(s, config) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert tr.lr_at(0, config.replace(warmup_steps=0)) == 1.0
+    seen = []
+    tr.train(config.replace(lr=1e-3), progress=False,
+             callback=lambda info: seen.append((info.lr, info.optimizer.param_groups[0]["lr"])))
+    assert seen == [(1e-3 * f, 1e-3 * f) for f in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)]
+
+
+# ---------------------------------------------------------------------- configuration
+def test_config_round_trips_through_json():
+    config = toy(dropout=0.2, image_size=None, grad_clip=0.5, flip=False)
+    again = tr.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.to_dict() == config.to_dict()
+    assert tr.TrainConfig(lr=1).lr == 1.0 and isinstance(tr.TrainConfig(lr=1).lr, float)
+    assert tr.TrainConfig(grad_clip=0).grad_clip is None
+    assert tr.TrainConfig() == tr.TrainConfig(lr=2e-4, batch_size=128, warmup_steps=5000, ema_decay=0.9999,
+                                              steps=800_000, T=1000, schedule="linear")  # the paper's run
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(T=0), r"TrainConfig.T = 0 .* int >= 1"),
+    (dict(T=20), r"TrainConfig.T = 20 with schedule 'linear'.*T > 20"),
+    (dict(schedule="quadratic"), r"schedule = 'quadratic'.*linear"),
+    (dict(mean_type="v"), r"mean_type"),
+    (dict(var_type="learned_range", loss_type="simple"), r"no gradient .* 'hybrid' or 'vlb'"),
+    (dict(timestep_sampler="importance"), r"loss-second-moment"),
+    (dict(precision="fp16"), r"precision = 'fp16'.*bf16"),
+    (dict(ema_decay=1.0), r"ema_decay"),
+    (dict(batch_size=0), r"batch_size"),
+    (dict(grad_clip=-1.0), r"grad_clip"),
+    (dict(lr=float("nan")), r"lr"),
+    (dict(dropout=1.5), r"dropout"),
+    (dict(steps=2.5), r"steps"),
+    (dict(device="quantum"), r"device"),
+])
+def test_invalid_config_names_the_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        toy(**changes)
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['learning_rate'\]"):
+        tr.TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_bf16_precision_trains_on_the_cpu_and_auto_means_fp32_there():
+    assert tr.resolve_precision(toy(), torch.device("cpu")) is None
+    assert tr.resolve_precision(toy(precision="bf16"), torch.device("cpu")) is torch.bfloat16
+    result = tr.train(toy(precision="bf16", steps=4), progress=False)
+    assert torch.isfinite(result.history["loss"]).all() and result.history["loss"].dtype == torch.float32
+    assert next(result.model.parameters()).dtype == torch.float32
+
+
+def test_batch_stream_shards_each_epoch_and_flips(tmp_path):
+    x = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 1, 2).clone()
+    x[:, :, :, 1] = -1  # column 0 holds the index, column 1 a marker
+    streams = [tr.BatchStream(x, 2, seed=5, rank=r, world=2) for r in range(2)]
+    seen = [torch.cat([next(s)[:, 0, 0, 0] for _ in range(2)]) for s in streams]
+    assert set(seen[0].tolist()).isdisjoint(seen[1].tolist())
+    assert len(set(seen[0].tolist()) | set(seen[1].tolist())) == 8  # one epoch of 10 rows, 4 per rank
+    flips = tr.BatchStream(x, 10, seed=5, flip=True)
+    batch = next(flips)
+    mirrored = batch[:, 0, 0, 0] == -1
+    assert 0 < int(mirrored.sum()) < 10
+    with pytest.raises(ValueError, match="flip=True needs images"):
+        tr.BatchStream(torch.zeros(10, 2), 2, seed=0, flip=True)
+
+
+# ---------------------------------------------------------------------- model cache
+def test_cache_trains_once_then_loads_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    config = toy(steps=6)
+    updates = []
+    real_update = tr._Trainer.update
+    monkeypatch.setattr(tr._Trainer, "update", lambda self, fn: updates.append(1) or real_update(self, fn))
+    first = tr.get_trained(config, progress=False)
+    assert len(updates) == 6
+    assert (tmp_path / "models" / tr.config_key(config) / "last.pt").is_file()
+    second = tr.get_trained(config.replace(log_every=2, checkpoint_every=3), progress=False)  # same key
+    assert len(updates) == 6  # no training step ran
+    for a, b in zip(first.ema.state_dict().values(), second.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    assert tr.config_key(config.replace(lr=2e-3)) != tr.config_key(config)
+    assert tr.config_key(config.replace(steps=7)) != tr.config_key(config)
+
+
+def test_cache_resumes_a_partially_trained_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    config = toy(steps=10)
+
+    def stop_at_4(info):
+        if info.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(config, out_dir=tr.cached_run_dir(config), progress=False, callback=stop_at_4)
+    updates = []
+    real_update = tr._Trainer.update
+    monkeypatch.setattr(tr._Trainer, "update", lambda self, fn: updates.append(1) or real_update(self, fn))
+    result = tr.get_trained(config, progress=False)
+    assert result.step == 10 and len(updates) == 6
+
+
+# ---------------------------------------------------------------------- DDP on the CPU
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, folder: str):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    config = toy(steps=5, batch_size=16, dropout=0.1, device="cpu")
+    result = tr.train(config, out_dir=folder, progress=False)
+    torch.save({"model": result.model.state_dict(), "ema": result.ema.state_dict(),
+                "loss": result.history["loss"]}, os.path.join(folder, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    for part in ("model", "ema"):
+        for k in r0[part]:
+            assert torch.equal(r0[part][k], r1[part][k]), f"{part}.{k} differs between ranks"
+    assert not torch.equal(r0["loss"], r1["loss"])  # each rank saw its own shard and noise
+    raw = tr.read_checkpoint(tmp_path / "last.pt")
+    assert raw["step"] == 5 and raw["world_size"] == 2 and len(raw["rng"]) == 2
+    assert_same_state({k: v for k, v in raw["model"].items()}, {k: v for k, v in r0["model"].items()})
+    torch.manual_seed(TOY["seed"])
+    init = tr.build_network(toy())
+    assert not torch.equal(next(init.parameters()), next(iter(r0["model"].values())))  # it trained
