@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "to_uint8", "image_grid", "show_grid", "png_bytes", "animate_frames", "noise_step_explorer",
-    "static_noise_slider",
+    "static_noise_slider", "glue",
 ]
 
 
@@ -89,12 +89,38 @@ def show_grid(images, title: str | None = None, ax=None, nrow: int = 8, padding:
 
 
 def png_bytes(picture: np.ndarray) -> bytes:
-    """Encode a uint8 [H, W, 3] picture as PNG bytes (lossless, small for pixel art)."""
+    """Encode a uint8 [H, W, 3] picture as PNG bytes (lossless; grey pictures as one channel)."""
     from PIL import Image
 
+    picture = np.ascontiguousarray(picture)
+    if picture.ndim == 3 and (picture == picture[..., :1]).all():
+        picture = np.ascontiguousarray(picture[..., 0])  # grey: one channel, a third of the bytes
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(picture)).save(buf, format="PNG", optimize=True)
+    Image.fromarray(picture).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Store ``value`` under ``name`` for the book's prose and figures (myst-nb ``glue``).
+
+    In the book, ``{glue:text}`name``` and ``{glue:figure} name`` place it. Where myst-nb is not
+    installed (Colab) nothing can be glued, so figures are shown right away and other values
+    when ``display`` is true. A matplotlib figure is closed afterwards so the inline backend does
+    not show it a second time. Returns None, so a ``glue(...)`` at the end of a cell shows nothing.
+    """
+    try:
+        from myst_nb import glue as _myst_glue
+    except ImportError:
+        _myst_glue = None
+    is_figure = type(value).__name__ == "Figure" and hasattr(value, "savefig")
+    if _myst_glue is not None:
+        _myst_glue(name, value, display=display)
+    elif display or is_figure:
+        from IPython.display import display as _show
+        _show(value)
+    if is_figure:
+        import matplotlib.pyplot as plt
+        plt.close(value)
 
 
 def _grid_or_picture(frame, nrow: int) -> np.ndarray:

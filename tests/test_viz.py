@@ -124,3 +124,19 @@ def test_noise_step_explorer_builds_and_updates():
     box.image.value = 1
     shown = np.asarray(Image.open(io.BytesIO(box.view.value)).convert("RGB"))
     assert np.array_equal(shown, viz.image_grid(_frames_by_schedule(steps)["cosine"][2][1:2]))
+
+
+def test_glue_closes_figures_and_returns_nothing_to_display():
+    import matplotlib.pyplot as plt
+    fig = plt.figure()
+    assert viz.glue("test_fig", fig) is None
+    assert not plt.fignum_exists(fig.number)
+    assert viz.glue("test_value", 3.5) is None
+
+
+def test_png_bytes_stores_grey_as_one_channel():
+    from PIL import Image
+    grey = viz.image_grid(torch.zeros(2, 1, 4, 4))
+    colour = viz.image_grid(_batch(n=2, h=4, w=4))
+    assert Image.open(io.BytesIO(viz.png_bytes(grey))).mode == "L"
+    assert Image.open(io.BytesIO(viz.png_bytes(colour))).mode == "RGB"

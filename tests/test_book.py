@@ -1,0 +1,312 @@
+"""Tests of the book as a whole: the stored notebooks, the table of contents, the Colab cells,
+and (``-m book``) a full ``jupyter-book build -W`` opened in headless Chromium.
+
+The build test writes HTML to ``_build/html`` and screenshots to ``_build/screenshots``. Set
+``DDPM_BOOK_HTML=_build/html`` to check an existing build without rebuilding it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+HIDE_TAGS = {"remove-cell", "remove-input", "hide-input", "hide-cell"}
+MAX_VISIBLE_CODE_LINES = 15
+
+
+def toc_files() -> list[str]:
+    """Every file of the toc, root first, as paths relative to the book root without suffix."""
+    out = [TOC["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                out.append(e["file"])
+            walk(e.get("sections"))
+
+    for part in TOC.get("parts", []):
+        walk(part.get("chapters"))
+    walk(TOC.get("chapters"))
+    return out
+
+
+def _source(stem: str) -> Path:
+    found = [ROOT / f"{stem}{ext}" for ext in (".ipynb", ".md") if (ROOT / f"{stem}{ext}").exists()]
+    assert len(found) == 1, f"toc entry {stem!r}: expected one of {stem}.ipynb / {stem}.md, found {found}"
+    return found[0]
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in BOOK.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and "_build" not in p.parts)
+
+
+def _ids(paths):
+    return [p.name for p in paths]
+
+
+# ----------------------------------------------------------------------------- toc and sources
+
+def test_toc_is_a_jupyter_book_toc_whose_files_exist():
+    assert TOC["format"] == "jb-book"
+    files = toc_files()
+    assert len(files) == len(set(files)), f"a file is listed twice in _toc.yml: {files}"
+    for stem in files:
+        _source(stem)
+
+
+def test_every_page_in_book_is_in_the_toc():
+    listed = {str(_source(stem).relative_to(ROOT)) for stem in toc_files()}
+    pages = {str(p.relative_to(ROOT)) for p in notebooks()}
+    pages |= {str(p.relative_to(ROOT)) for p in BOOK.glob("*.md")}
+    assert pages - listed == set(), f"add these to _toc.yml (only_build_toc_files skips them): {sorted(pages - listed)}"
+
+
+def test_config_builds_the_whole_book_strictly():
+    ex = CONFIG["execute"]
+    assert ex["execute_notebooks"] == "force" and ex["allow_errors"] is False and ex["timeout"] >= 900
+    assert CONFIG["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+    assert CONFIG["only_build_toc_files"] is True
+    assert (ROOT / CONFIG["bibtex_bibfiles"][0]).exists()
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
+def test_notebook_is_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{path.name} cell {i} holds outputs; clear them (jupyter nbconvert --clear-output --inplace)")
+    assert "widgets" not in nb.metadata, f"{path.name} stores widget state; clear it"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec must be python3"
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
+def test_first_code_cell_installs_ddpm_core_on_colab_and_is_removed_from_html(path):
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    src = first.source
+    assert "google.colab" in src and "%pip install" in src, f"{path.name}: first code cell is not the Colab install cell"
+    url = CONFIG["repository"]["url"].rstrip("/")
+    assert f"git+{url}" in src, f"{path.name}: install cell must install from repository.url {url}"
+    assert "remove-cell" in first.metadata.get("tags", []), f"{path.name}: tag the install cell 'remove-cell'"
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
+def test_visible_code_cells_are_short(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and not HIDE_TAGS & set(cell.metadata.get("tags", [])):
+            n = len(cell.source.strip().splitlines())
+            assert n <= MAX_VISIBLE_CODE_LINES, (
+                f"{path.name} cell {i} shows {n} lines; split it, move code into ddpm_core, or tag plotting 'hide-input'")
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
+def test_glued_figures_have_names_and_captions(path):
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for m in re.finditer(r"```\{glue:figure\}\s*(\S+)\n(.*?)```", text, re.S):
+        key, body = m.groups()
+        options = [l for l in body.splitlines() if l.startswith(":")]
+        caption = [l for l in body.splitlines() if l.strip() and not l.startswith(":")]
+        assert any(o.startswith(":name:") for o in options), f"{path.name}: figure {key} has no :name:"
+        assert caption, f"{path.name}: figure {key} has no caption"
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert re.search(rf"glue\(\s*[\"']{re.escape(key)}[\"']", code), f"{path.name}: nothing glues {key}"
+
+
+def test_repository_url_is_one_setting_shared_by_readme_and_colab_links():
+    url = CONFIG["repository"]["url"].rstrip("/")
+    org_repo = "/".join(url.split("/")[-2:])
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md not written yet")
+    text = readme.read_text(encoding="utf-8")
+    if "CHAPTER_TABLE" in text:
+        pytest.skip("README's chapter table is still a placeholder")
+    colab = re.findall(r"colab\.research\.google\.com/github/([^/\s)]+/[^/\s)]+)/blob/([^/\s)]+)/([^\s)]+\.ipynb)", text)
+    assert colab, "README has no Colab links"
+    assert {c for c, _, _ in colab} == {org_repo}, f"README Colab links must use {org_repo} (repository.url)"
+    assert {b for _, b, _ in colab} == {CONFIG["repository"]["branch"]}
+    linked = {p for _, _, p in colab}
+    missing_files = sorted(p for p in linked if not (ROOT / p).exists())
+    assert not missing_files, f"README links notebooks that do not exist: {missing_files}"
+    unlinked = sorted(str(p.relative_to(ROOT)) for p in notebooks() if str(p.relative_to(ROOT)) not in linked)
+    assert not unlinked, f"README has no Colab link for: {unlinked}"
+
+
+# ----------------------------------------------------------------------------- build + browser
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def built_html() -> Path:
+    """Build the book with ``jupyter-book build --all -W`` (or reuse ``$DDPM_BOOK_HTML``)."""
+    given = os.environ.get("DDPM_BOOK_HTML")
+    if given:
+        html = Path(given).resolve()
+        assert (html / "index.html").exists(), f"DDPM_BOOK_HTML={given} holds no index.html"
+        return html
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
+           "build", "--all", "-W", str(ROOT)]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    (ROOT / "_build").mkdir(exist_ok=True)
+    (ROOT / "_build" / "build.log").write_text(log, encoding="utf-8")
+    assert proc.returncode == 0, f"jupyter-book build failed after {time.time() - start:.0f} s:\n{log[-6000:]}"
+    return ROOT / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    found = _chromium()
+    if found is None:
+        pytest.skip("Chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 "--disable-sync", "--window-size=1280,1000", "--hide-scrollbars",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=opts)
+    driver.set_page_load_timeout(120)
+    yield driver
+    driver.quit()
+
+
+def _open(driver, page: Path):
+    driver.get(page.as_uri())
+    for _ in range(100):
+        if driver.execute_script("return document.readyState") == "complete":
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # let inline scripts and image decoding finish
+
+
+def _full_screenshot(driver, path: Path, width: int = 1280, max_height: int = 12000):
+    """A PNG of the whole page: the window is made as tall as the page, then restored."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(max(height, 800), max_height))
+    time.sleep(0.5)
+    driver.save_screenshot(str(path))
+    driver.set_window_size(width, 1000)
+
+
+def _expected_figures(source: Path) -> int:
+    if source.suffix == ".ipynb":
+        text = "\n".join(c.source for c in nbformat.read(source, as_version=4).cells if c.cell_type == "markdown")
+    else:
+        text = source.read_text(encoding="utf-8")
+    return len(re.findall(r"```\{(?:glue:figure|figure)\}", text))
+
+
+@pytest.mark.book
+@pytest.mark.slow
+def test_book_builds_and_every_page_renders(built_html, browser):
+    shots = ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    repo = CONFIG["repository"]
+    org_repo = "/".join(repo["url"].rstrip("/").split("/")[-2:])
+    problems = []
+    for stem in toc_files():
+        source = _source(stem)
+        page = built_html / f"{stem}.html"
+        assert page.exists(), f"{page} was not built"
+        _open(browser, page)
+        info = browser.execute_script("""
+            const art = document.querySelector('article') || document.body;
+            const imgs = [...art.querySelectorAll('img')];
+            const figs = [...art.querySelectorAll('figure')];
+            return {
+              h1: (art.querySelector('h1') || {}).textContent || '',
+              imgs: imgs.map(i => [i.getAttribute('src') || '', i.complete && i.naturalWidth > 0]),
+              figs: figs.map(f => [(f.querySelector('figcaption') || {}).textContent || '',
+                                   !!f.querySelector('img')]),
+              tracebacks: art.querySelectorAll('.output.traceback, .output.error').length,
+              text: art.innerText.length,
+              colab: [...document.querySelectorAll('a')].map(a => a.href).filter(h => h.includes('colab.research')),
+              unresolved: [...art.querySelectorAll('.problematic, .xref.missing')].length,
+            };""")
+        name = source.name
+        if not info["h1"].strip():
+            problems.append(f"{name}: no title")
+        bad_imgs = [src[:60] for src, ok in info["imgs"] if not src or not ok]
+        if bad_imgs:
+            problems.append(f"{name}: images without a source or not loaded: {bad_imgs}")
+        no_caption = [i for i, (cap, has_img) in enumerate(info["figs"]) if not cap.strip() or not has_img]
+        if no_caption:
+            problems.append(f"{name}: figures {no_caption} lack an image or a caption")
+        if len(info["figs"]) < _expected_figures(source):
+            problems.append(f"{name}: {len(info['figs'])} figures rendered, {_expected_figures(source)} in the source")
+        if info["tracebacks"]:
+            problems.append(f"{name}: {info['tracebacks']} error outputs")
+        if info["unresolved"]:
+            problems.append(f"{name}: {info['unresolved']} unresolved references")
+        if source.suffix == ".ipynb":
+            want = (f"{CONFIG['launch_buttons']['colab_url'].rstrip('/')}/github/{org_repo}/blob/"
+                    f"{repo['branch']}/{stem}.ipynb")
+            if want not in info["colab"]:
+                problems.append(f"{name}: no Colab link {want} (found {info['colab']})")
+        _full_screenshot(browser, shots / f"{Path(stem).name}.png")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.book
+@pytest.mark.slow
+def test_static_noise_slider_changes_the_frame_in_the_browser(built_html, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    shots = ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    pages = [s for s in toc_files() if "ddpm-noise-slider" in (built_html / f"{s}.html").read_text(encoding="utf-8")]
+    if not pages:
+        pytest.skip("no page of the book holds a static noise slider yet")
+    for stem in pages:
+        _open(browser, built_html / f"{stem}.html")
+        for k, box in enumerate(browser.find_elements(By.CSS_SELECTOR, "div.ddpm-noise-slider")):
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+            img = box.find_element(By.CSS_SELECTOR, "img.ddpm-noise-slider-frame")
+            rng = box.find_element(By.CSS_SELECTOR, "input.ddpm-noise-slider-range")
+            label = box.find_element(By.CSS_SELECTOR, ".ddpm-noise-slider-label")
+            before = (img.get_attribute("src"), label.text, img.get_attribute("data-step"))
+            box.screenshot(str(shots / f"{Path(stem).name}-slider{k}-start.png"))
+            rng.click()  # focus; a click may also move the thumb
+            rng.send_keys(Keys.HOME)
+            start_src = img.get_attribute("src")
+            for _ in range(6):
+                rng.send_keys(Keys.ARROW_RIGHT)
+            after = (img.get_attribute("src"), label.text, img.get_attribute("data-step"))
+            assert int(rng.get_attribute("value")) == 6, f"{stem}: the range input did not move"
+            assert after[0] != start_src and after[0].startswith("data:image/png;base64,"), \
+                f"{stem}: moving the slider did not change the frame"
+            assert after[1] != before[1] or before[2] != "0", f"{stem}: the step label did not change"
+            assert int(after[2]) > 0
+            box.screenshot(str(shots / f"{Path(stem).name}-slider{k}-moved.png"))
+            select = box.find_elements(By.CSS_SELECTOR, "select.ddpm-noise-slider-schedule")
+            if select and len(Select(select[0]).options) > 1:
+                Select(select[0]).select_by_index(1)
+                assert img.get_attribute("src") != after[0], f"{stem}: switching schedule did not change the frame"
+                box.screenshot(str(shots / f"{Path(stem).name}-slider{k}-schedule.png"))
