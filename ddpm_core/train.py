@@ -455,9 +455,9 @@ def _distributed_setup(config: TrainConfig):
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, out_dir: Path | None, progress: bool, callback):
+    def __init__(self, config: TrainConfig, out_dir: Path | None, progress: bool, callback, setup):
         self.config, self.out_dir, self.progress, self.callback = config, out_dir, progress, callback
-        self.rank, self.world, self.device, self._created_group = _distributed_setup(config)
+        self.rank, self.world, self.device = setup
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} does not split evenly over {self.world} processes")
         c = config
@@ -492,7 +492,7 @@ class _Trainer:
 
     # -- state -----------------------------------------------------------------------------------
     def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
+        state = {"device": self.device.type, "torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
                  "data": self.batches.state_dict()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -541,16 +541,18 @@ class _Trainer:
         self.gnorm_hist[:n] = raw["history"]["grad_norm"].to(self.device)
         self.wall_time = float(raw["history"]["wall_time"])
         rngs = raw["rng"]
-        if len(rngs) == self.world:
+        same_device = all(r.get("device") == self.device.type for r in rngs)
+        if len(rngs) == self.world and same_device:
             state = rngs[self.rank]
             torch.set_rng_state(state["torch"])
             if self.device.type == "cuda" and "cuda" in state:
                 torch.cuda.set_rng_state(state["cuda"], self.device)
             self.noise_gen.set_state(state["noise"])
             self.batches.load_state_dict(state["data"])
-        else:  # a different number of processes: continue, but not bit for bit
-            warnings.warn(f"{path} was written by {len(rngs)} process(es), this run has {self.world}: "
-                          "the random streams restart from fresh seeds (the run is not bit-exact)")
+        else:  # another number of processes or device type: continue, but not bit for bit
+            warnings.warn(f"{path} was written by {len(rngs)} process(es) on {rngs[0].get('device')}, this run has "
+                          f"{self.world} on {self.device.type}: the random streams restart from fresh seeds "
+                          "(the continuation is not bit-exact)")
             torch.manual_seed(_seed(self.config.seed, "dropout", self.rank, n))
             self.noise_gen.manual_seed(_seed(self.config.seed, "noise", self.rank, n))
             self.batches = BatchStream(self.batches.x, self.batches.batch_size, _seed(self.config.seed, "data", n),
@@ -697,11 +699,6 @@ class _Trainer:
         return TrainResult(model=self.net.eval(), ema=self.ema.eval(), diffusion=self.diffusion, config=self.config,
                            history=history, checkpoint=path, step=n, sample_shape=self.sample_shape)
 
-    def close(self) -> None:
-        if self._created_group:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
           callback: Callable[[StepInfo], None] | None = None) -> TrainResult:
@@ -722,20 +719,27 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``train`` with the same arguments;
     the checkpoint folder must be visible to all of them to resume.
     """
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
     config.validate()
     out_dir = Path(out_dir) if out_dir is not None else None
-    trainer = _Trainer(config, out_dir, progress, callback)
+    rank, world, device, created_group = _distributed_setup(config)
     try:
-        path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-        if resume and path is not None and path.exists():
-            trainer.restore(read_checkpoint(path), path)
-        if out_dir is not None and trainer.rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        trainer.run()
-        return trainer.result()
+        # the run seeds and draws from the global RNG (initial weights, dropout): the caller's is restored after
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            trainer = _Trainer(config, out_dir, progress, callback, (rank, world, device))
+            path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
+            if resume and path is not None and path.exists():
+                trainer.restore(read_checkpoint(path), path)
+            if out_dir is not None and rank == 0:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / "config.json").write_text(json.dumps(trainer.config.to_dict(), indent=2) + "\n")
+            trainer.run()
+            return trainer.result()
     finally:
-        trainer.close()
+        if created_group:
+            import torch.distributed as dist
+            dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------- the model cache

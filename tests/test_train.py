@@ -55,7 +55,8 @@ def assert_same_state(a: dict, b: dict):
 RESUME_CASES = {
     "eps-simple-dropout": dict(dropout=0.1),
     "hybrid-importance": dict(var_type="learned_range", loss_type="hybrid", timestep_sampler="loss-second-moment"),
-    "images-flip": dict(dataset="digits", preset="cpu-digits", batch_size=8, flip=True, dropout=0.1),
+    "images-flip": dict(dataset="digits", preset="cpu-digits", batch_size=4, flip=True, dropout=0.1, steps=6,
+                        checkpoint_every=2),
 }
 
 
@@ -63,16 +64,14 @@ RESUME_CASES = {
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, case):
     config = toy(**RESUME_CASES[case])
     full = tr.train(config, out_dir=tmp_path / "full", progress=False)
-    half = tr.train(config.replace(steps=6), out_dir=tmp_path / "split", progress=False)
-    assert half.step == 6 and tr.read_checkpoint(half.checkpoint)["step"] == 6
+    n = config.steps // 2
+    half = tr.train(config.replace(steps=n), out_dir=tmp_path / "split", progress=False)
+    assert half.step == n and tr.read_checkpoint(half.checkpoint)["step"] == n
     resumed = tr.train(config, out_dir=tmp_path / "split", progress=False)
-    assert resumed.step == full.step == 12
+    assert resumed.step == full.step == config.steps
     assert_same_state(state_of(full), state_of(resumed))
     for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
         assert torch.equal(a, b)
-    # a run of a different seed differs: the comparison above can fail
-    other = tr.train(config.replace(seed=4), progress=False)
-    assert not torch.equal(next(other.model.parameters()), next(full.model.parameters()))
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
@@ -293,7 +292,8 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str):
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the workers inherit the imported modules (spawn would import torch twice more)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for part in ("model", "ema"):
         for k in r0[part]:
@@ -305,3 +305,11 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     torch.manual_seed(TOY["seed"])
     init = tr.build_network(toy())
     assert not torch.equal(next(init.parameters()), next(iter(r0["model"].values())))  # it trained
+
+
+def test_training_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tr.train(toy(steps=2, dropout=0.1), progress=False)
+    assert torch.equal(torch.rand(3), expected)
