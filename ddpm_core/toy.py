@@ -2,8 +2,8 @@
 
 * Discrete Markov chains: a transition matrix, its stationary distribution, the state
   distribution ``p_k = p_0 P^k`` and simulated chains to compare with it.
-* The Gaussian forward chain on 2-D points, step by step (Ho et al. 2020, eq. 2), and the
-  moments of its posterior measured from simulated pairs (eqs. 6-7).
+* The Gaussian forward chain on 2-D points, step by step (Ho et al. 2020, eq. 2), and linear
+  fits that measure its marginal (eq. 4) and its posterior (eqs. 6-7) from simulated states.
 * The exact one-step reverse density of a 1-D Gaussian mixture, to see when it is close to Gaussian.
 * Scores: ``score = -eps / sqrt(1 - alpha_bar)``, exact scores of Gaussian mixtures, the optimal
   noise prediction of an empirical data set, annealed Langevin dynamics (Song & Ermon 2019).
@@ -94,7 +94,7 @@ def forward_step(d: GaussianDiffusion, x_prev: torch.Tensor, t: int, noise: torc
 
 def forward_trajectories(d: GaussianDiffusion, x0: torch.Tensor, keep: Sequence[int] | None = None,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Run the forward chain step by step from ``x0`` [N, D] through all T steps.
+    """Run the forward chain step by step from ``x0`` [N, D] (up to the last index in ``keep``).
 
     :param keep: trajectory indices to store (0 = the data, k = the state after step k - 1;
         default all ``0..T``). Storing few indices keeps memory small for many points.
@@ -109,45 +109,60 @@ def forward_trajectories(d: GaussianDiffusion, x0: torch.Tensor, keep: Sequence[
     x = x0
     if 0 in where:
         out[where[0]] = x0
-    for t in range(T):
+    for t in range(max(keep, default=0)):  # no need to run past the last stored state
         x = forward_step(d, x, t, _randn(x0.shape, generator, x0.device, x0.dtype))
         if t + 1 in where:
             out[where[t + 1]] = x
     return out
 
 
-def empirical_posterior(x_prev: torch.Tensor, x_t: torch.Tensor) -> dict:
-    """Least-squares fit, per dimension, of ``x_prev = slope * x_t + intercept + residual`` over
-    simulated pairs [M, D] that share one x_0. For the Gaussian chain the fit is the posterior
-    q(x_{t-1} | x_t, x_0) itself: slope = coef2, intercept = coef1 * x_0, residual variance =
-    beta~_t (Ho et al. eqs. 6-7).
+def linear_fit(y: torch.Tensor, x: torch.Tensor) -> dict:
+    """Least-squares fit, per dimension, of ``y = slope * x + intercept + residual`` over [M, D] pairs.
 
-    :return: dict of float64 [D] tensors ``slope``, ``intercept``, ``residual_var``.
+    Two checks of the chain use it. With ``y = x_t`` and ``x = x_0`` over many data points, the
+    closed form q(x_t | x_0) says slope = sqrt(alpha_bar_t), intercept = 0 and residual variance
+    = 1 - alpha_bar_t (Ho et al. eq. 4). With ``y = x_{t-1}`` and ``x = x_t`` over chains that share
+    one x_0, the fit is the posterior q(x_{t-1} | x_t, x_0) itself: slope = the coefficient of x_t
+    in mu~_t, intercept = the coefficient of x_0 times x_0, residual variance = beta~_t (eqs. 6-7).
+
+    :return: dict of float64 [D] tensors ``slope``, ``intercept``, ``residual_var`` and their
+        standard errors ``slope_se``, ``intercept_se``, ``residual_var_se`` (ordinary least squares;
+        the last assumes Gaussian residuals), so that a check can say "within k standard errors".
     """
-    a, b = x_prev.double(), x_t.double()
+    a, b = y.double(), x.double()
+    m = len(a)
+    if m < 3 or a.shape != b.shape:
+        raise ValueError(f"need y and x of one shape [M, D] with M >= 3, got {tuple(a.shape)} and {tuple(b.shape)}")
+    var_x = b.var(0, unbiased=False)
     cov = ((a - a.mean(0)) * (b - b.mean(0))).mean(0)
-    slope = cov / b.var(0, unbiased=False)
+    slope = cov / var_x
     intercept = a.mean(0) - slope * b.mean(0)
-    residual = a - (slope * b + intercept)
-    return {"slope": slope, "intercept": intercept, "residual_var": residual.var(0, unbiased=False)}
+    residual_var = (a - (slope * b + intercept)).var(0, unbiased=False)
+    s2 = residual_var * m / (m - 2)
+    return {"slope": slope, "intercept": intercept, "residual_var": residual_var,
+            "slope_se": torch.sqrt(s2 / (m * var_x)),
+            "intercept_se": torch.sqrt(s2 * (1 / m + b.mean(0) ** 2 / (m * var_x))),
+            "residual_var_se": residual_var * math.sqrt(2 / m)}
 
 
 # ---------------------------------------------------------------------- the true reverse step (1-D)
 
 
-def reverse_step_density(x_t: float, d: GaussianDiffusion, t: int, modes, mode_std: float,
-                         weights=None, num: int = 20001) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact density of q(x_{t-1} | x_t) for 1-D data drawn from a Gaussian mixture.
+def reverse_step_density(x_t: float, beta: float, alpha_bar_prev: float, modes, mode_std: float,
+                         weights=None, num: int = 4001) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact density of one reverse step q(x_{t-1} | x_t) for 1-D data from a Gaussian mixture.
 
-    By Bayes, ``q(x_{t-1} | x_t) ~ N(x_t; sqrt(1 - beta_t) x_{t-1}, beta_t) q(x_{t-1})`` where the
-    marginal ``q(x_{t-1})`` is again a mixture, with means ``sqrt(abar_{t-1}) m_k`` and variances
-    ``abar_{t-1} s^2 + 1 - abar_{t-1}`` (0-indexed ``t``; ``abar_{t-1}`` is ``alpha_bar_prev``).
+    By Bayes, ``q(x_{t-1} | x_t) ~ N(x_t; sqrt(1 - beta) x_{t-1}, beta) q(x_{t-1})``, where the
+    marginal ``q(x_{t-1})`` is again a mixture, with means ``sqrt(abar_prev) m_k`` and variances
+    ``abar_prev s^2 + 1 - abar_prev``. For a process ``d`` and 0-indexed step t, pass
+    ``beta = d.betas[t]`` and ``alpha_bar_prev = d.alpha_bar[t - 1]`` (1 at t = 0).
 
     :param modes: the K component means; :param mode_std: their common standard deviation s.
     :return: (grid [num], density [num]) in float64, normalised on the grid.
     """
-    tables = d._tables64
-    beta, ab_prev = float(tables["betas"][t]), float(tables["alpha_bar_prev"][t])
+    beta, ab_prev = float(beta), float(alpha_bar_prev)
+    if not (0 < beta < 1 and 0 < ab_prev <= 1):
+        raise ValueError(f"need 0 < beta < 1 and 0 < alpha_bar_prev <= 1, got {beta} and {ab_prev}")
     m = torch.as_tensor(modes, dtype=torch.float64).reshape(-1)
     w = torch.full_like(m, 1 / len(m)) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
     prior_mean, prior_var = math.sqrt(ab_prev) * m, ab_prev * mode_std ** 2 + 1 - ab_prev

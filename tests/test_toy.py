@@ -60,6 +60,12 @@ def test_step_by_step_chain_has_the_closed_form_marginal():
         mean, var = traj[idx].mean(0), traj[idx].var(0)
         assert torch.allclose(mean, math.sqrt(ab) * x0[0], atol=0.03)
         assert torch.allclose(var, torch.full((2,), 1 - ab), rtol=0.05)
+    # the same from many different x0: regression of x_t on x_0
+    many = torch.rand(40_000, 2, generator=torch.Generator().manual_seed(11)) * 2 - 1  # slope s.e. ~0.008
+    fit = toy.linear_fit(toy.forward_trajectories(d, many, keep=[50], generator=torch.Generator().manual_seed(12))[0], many)
+    ab = float(d.alpha_bar[49])
+    assert torch.allclose(fit["slope"], torch.full((2,), math.sqrt(ab), dtype=torch.float64), atol=0.04)
+    assert torch.allclose(fit["residual_var"], torch.full((2,), 1 - ab, dtype=torch.float64), rtol=0.05)
 
 
 def test_chain_with_a_wrong_step_fails_the_marginal_check():
@@ -77,11 +83,15 @@ def test_empirical_posterior_recovers_the_closed_form_posterior():
     x0 = torch.tensor([[0.5, -0.8]]).expand(40_000, 2).contiguous()
     t = 20  # pairs: state after step t - 1 (index t) and after step t (index t + 1)
     traj = toy.forward_trajectories(d, x0, keep=[t, t + 1], generator=torch.Generator().manual_seed(3))
-    fit = toy.empirical_posterior(traj[0], traj[1])
+    fit = toy.linear_fit(traj[0], traj[1])
     tab = d._tables64
     assert torch.allclose(fit["slope"], tab["posterior_mean_coef2"][t].expand(2), atol=0.01)
     assert torch.allclose(fit["intercept"], tab["posterior_mean_coef1"][t] * x0[0].double(), atol=0.01)
     assert torch.allclose(fit["residual_var"], tab["posterior_variance"][t].expand(2), rtol=0.03)
+    for key, true in (("slope", tab["posterior_mean_coef2"][t]), ("intercept", tab["posterior_mean_coef1"][t] * x0[0]),
+                      ("residual_var", tab["posterior_variance"][t])):  # within 5 standard errors
+        assert bool(((fit[key] - true).abs() < 5 * fit[key + "_se"]).all()), key
+    assert float(fit["slope_se"].max()) < 0.01  # and the standard errors are not vacuous
     mean, var, _ = d.q_posterior(x0[:1], traj[1][:1], torch.tensor([t]))
     assert torch.allclose(mean[0].double(), fit["slope"] * traj[1][0].double() + fit["intercept"], atol=0.02)
 
@@ -90,7 +100,7 @@ def test_empirical_posterior_recovers_the_closed_form_posterior():
 def test_reverse_step_of_gaussian_data_is_exactly_the_gaussian_posterior():
     d = process(100)
     t, x_t, s = 30, 0.3, 0.5
-    grid, p = toy.reverse_step_density(x_t, d, t, modes=[0.0], mode_std=s)
+    grid, p = toy.reverse_step_density(x_t, d.betas[t], d.alpha_bar[t - 1], modes=[0.0], mode_std=s)
     assert abs(float(torch.trapezoid(p, grid)) - 1) < 1e-9
     assert toy.gaussian_gap(grid, p) < 1e-6
     # closed form: prior N(0, v), likelihood N(x_t; sqrt(a) y, beta)
@@ -103,10 +113,12 @@ def test_reverse_step_of_gaussian_data_is_exactly_the_gaussian_posterior():
 
 def test_reverse_step_is_nearly_gaussian_for_small_steps_only():
     d = process(1000)
-    small = toy.gaussian_gap(*toy.reverse_step_density(0.0, d, 500, modes=[-1.0, 1.0], mode_std=0.1))
+    small = toy.gaussian_gap(*toy.reverse_step_density(0.0, d.betas[500], d.alpha_bar[499], [-1.0, 1.0], 0.1))
     big = sampling.respace(d, 4)
-    large = toy.gaussian_gap(*toy.reverse_step_density(0.0, big, 1, modes=[-1.0, 1.0], mode_std=0.1))
+    large = toy.gaussian_gap(*toy.reverse_step_density(0.0, big.betas[1], big.alpha_bar[0], [-1.0, 1.0], 0.1))
     assert small < 1e-3 and large > 0.05
+    with pytest.raises(ValueError, match="beta"):
+        toy.reverse_step_density(0.0, 1.5, 0.5, [0.0], 0.1)
 
 
 # ---------------------------------------------------------------------- scores
