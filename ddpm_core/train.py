@@ -281,8 +281,9 @@ class BatchStream:
 
     Each epoch is a random permutation of the rows (the same on every process, cut to a multiple
     of ``world``), of which process ``rank`` takes every ``world``-th; the incomplete last batch is
-    dropped. With ``flip`` each image is mirrored left-right with probability 1/2. The state
-    (generator, permutation, position) restores the stream exactly.
+    dropped. With ``flip`` each image is mirrored left-right with probability 1/2. An epoch's order
+    and flips are drawn at its start and moved to ``x``'s device once, so a batch makes no
+    host-device transfer. The state (generator, epoch order and flips, position) restores exactly.
     """
 
     def __init__(self, x: torch.Tensor, batch_size: int, seed: int, rank: int = 0, world: int = 1,
@@ -294,8 +295,12 @@ class BatchStream:
             raise ValueError(f"flip=True needs images [N, C, H, W], got data of shape {tuple(x.shape)}")
         self.x, self.batch_size, self.rank, self.world, self.flip = x, batch_size, rank, world, flip
         self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.empty(0, dtype=torch.long)
-        self.pos = 0
+        self._set_epoch(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.bool), 0)
+
+    def _set_epoch(self, perm: torch.Tensor, mirror: torch.Tensor, pos: int) -> None:
+        self.perm, self.mirror, self.pos = perm, mirror, pos  # on the CPU, for the state
+        self._perm_dev = perm.to(self.x.device)
+        self._mirror_dev = mirror.to(self.x.device).view(-1, *([1] * (self.x.dim() - 1)))
 
     def __iter__(self):
         return self
@@ -304,22 +309,23 @@ class BatchStream:
         b = self.batch_size
         if self.pos + b > len(self.perm):
             n = len(self.x) // self.world * self.world
-            self.perm = torch.randperm(len(self.x), generator=self.generator)[:n][self.rank::self.world]
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + b]
-        self.pos += b
-        x0 = self.x[idx.to(self.x.device)]
+            perm = torch.randperm(len(self.x), generator=self.generator)[:n][self.rank::self.world]
+            mirror = torch.rand(n, generator=self.generator)[self.rank::self.world] < 0.5 if self.flip else \
+                torch.zeros(len(perm), dtype=torch.bool)
+            self._set_epoch(perm, mirror, 0)
+        x0 = self.x[self._perm_dev[self.pos:self.pos + b]]
         if self.flip:
-            mirror = (torch.rand(b, generator=self.generator) < 0.5).to(x0.device).view(-1, 1, 1, 1)
-            x0 = torch.where(mirror, x0.flip(-1), x0)
+            x0 = torch.where(self._mirror_dev[self.pos:self.pos + b], x0.flip(-1), x0)
+        self.pos += b
         return x0
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "mirror": self.mirror.clone(),
+                "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+        self._set_epoch(state["perm"].clone(), state["mirror"].clone(), int(state["pos"]))
 
 
 def _seed(*parts) -> int:
