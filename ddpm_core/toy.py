@@ -353,17 +353,21 @@ def vb_constant(d: GaussianDiffusion) -> torch.Tensor:
 # ---------------------------------------------------------------------- distances between point sets
 
 
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+def energy_distance(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> float:
     """The energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` between point sets [N, D] and
-    [M, D] (Szekely & Rizzo); zero in expectation exactly when the distributions agree. The
-    within-set terms exclude the diagonal (unbiased)."""
+    [M, D] (Szekely & Rizzo 2013); zero exactly when the distributions agree.
+
+    :param unbiased: leave the zero diagonal out of the within-set means (U-statistics): zero in
+        expectation for one distribution, so an estimate may come out slightly negative. With
+        ``False`` the plug-in (V-statistic) estimate, never negative, with a small positive bias.
+    """
     x, y = x.double(), y.double()
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         raise ValueError(f"energy_distance needs at least 2 points in each set, got {n} and {m}")
     xy = torch.cdist(x, y).mean()
-    xx = torch.cdist(x, x).sum() / (n * (n - 1))
-    yy = torch.cdist(y, y).sum() / (m * (m - 1))
+    xx = torch.cdist(x, x).sum() / (n * (n - 1) if unbiased else n * n)
+    yy = torch.cdist(y, y).sum() / (m * (m - 1) if unbiased else m * m)
     return float(2 * xy - xx - yy)
 
 

@@ -200,6 +200,8 @@ def test_energy_distance_separates_distributions():
     a, b = torch.randn(800, 2, generator=g), torch.randn(800, 2, generator=g)
     assert abs(toy.energy_distance(a, b)) < 0.02
     assert toy.energy_distance(a, b + 1.0) > 0.5
+    plug_in = toy.energy_distance(a, b, unbiased=False)  # never negative, biased up
+    assert 0 < plug_in < 0.02 and plug_in > toy.energy_distance(a, b)
     assert torch.allclose(toy.nearest_distance(torch.zeros(1, 2), torch.tensor([[3.0, 4.0], [1.0, 0.0]])),
                           torch.tensor([1.0], dtype=torch.float64))
 
