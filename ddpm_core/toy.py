@@ -401,7 +401,7 @@ def animate_points(frames: Sequence[torch.Tensor], titles: Sequence[str] | None 
         raise ValueError(f"got {len(titles)} titles for {len(frames)} frames; give one per frame or none")
     fig, ax = plt.subplots(figsize=(size, size), dpi=80)
     if reference is not None:
-        ax.scatter(*reference.T.cpu(), s=point_size, c="0.85", linewidths=0)
+        ax.scatter(*reference.T.cpu(), s=point_size, c="0.7", linewidths=0)
     scat = ax.scatter(*frames[0].T.cpu(), s=point_size, c="C0", linewidths=0)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
     title = ax.set_title(titles[0] if titles else "")
