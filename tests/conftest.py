@@ -12,6 +12,13 @@ chapters are reused by the book build in the same session and by later runs.
 """
 from __future__ import annotations
 
-import matplotlib
+import os
+
+# Before torch loads (here and in the notebook kernels, which inherit the environment): OpenMP's
+# busy-waiting threads stall badly when another process holds a core (measured 10-40x slower small
+# convolutions on this 2-core machine); passive waiting costs nothing on an idle machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # this test process only; notebook kernels keep their inline backend
