@@ -501,3 +501,14 @@ def build_model(preset: str, **overrides: Any) -> nn.Module:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# The configuration of the released google/ddpm-cifar10-32 weights, in diffusers' UNet2DModel terms
+# (its config.json); UNet2DModel(**DDPM_CIFAR10_DIFFUSERS_CONFIG) has 35,746,307 parameters.
+DDPM_CIFAR10_DIFFUSERS_CONFIG = dict(
+    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32, norm_eps=1e-6,
+    act_fn="silu", time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
+    attention_head_dim=None,
+)
