@@ -10,7 +10,8 @@ from __future__ import annotations
 from . import train as _train
 
 # ---------------------------------------------------------------------- the ablation models
-ABLATION_STEPS = 800  # training updates of every ablation model (the same for all, so they compare)
+ABLATION_STEPS = 600  # training updates of every ablation model (the same for all, so they compare)
+ABLATION_BATCH = 32  # batch size of every ablation model (small, so that all of them train in minutes on a CPU)
 
 ABLATIONS = {
     # name: (changes to book_config("digits"), one-line meaning)
@@ -40,12 +41,13 @@ CLAIM_MODELS = {
 }
 
 
-def ablation_configs(steps: int = ABLATION_STEPS) -> dict[str, _train.TrainConfig]:
+def ablation_configs(steps: int = ABLATION_STEPS, batch_size: int = ABLATION_BATCH) -> dict[str, _train.TrainConfig]:
     """The named training configurations behind the reproduced claims (a)-(e), on 8x8 ``digits``.
 
-    Every configuration is ``train.book_config("digits", steps=steps, **changes)``: the
-    ``cpu-digits`` U-Net, T = 1000, batch 128, Adam lr 1e-3, EMA 0.999, the same seed, and
-    ``steps`` updates (default :data:`ABLATION_STEPS`), linear schedule unless noted. Only the
+    Every configuration is ``train.book_config("digits", steps=steps, batch_size=batch_size,
+    **changes)``: the ``cpu-digits`` U-Net, T = 1000, Adam lr 1e-3, EMA 0.999, the same seed,
+    ``steps`` updates (default :data:`ABLATION_STEPS`) of ``batch_size`` examples (default
+    :data:`ABLATION_BATCH`), linear schedule unless noted. Only the
     fields in ``changes`` differ, so two models compare exactly one choice. Train or load each with
     ``train.get_trained(cfg)`` (cached on disk by configuration: the book trains each once)::
 
@@ -74,7 +76,8 @@ def ablation_configs(steps: int = ABLATION_STEPS) -> dict[str, _train.TrainConfi
     with all T steps and with a respaced few.
 
     :param steps: training updates of every model (the same for all).
+    :param batch_size: examples per update (the same for all).
     :return: dict name -> ``TrainConfig``, in the order above.
     """
-    return {name: _train.book_config("digits", steps=steps, **changes)
+    return {name: _train.book_config("digits", steps=steps, batch_size=batch_size, **changes)
             for name, (changes, _meaning) in ABLATIONS.items()}
