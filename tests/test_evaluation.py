@@ -1,0 +1,201 @@
+"""Tests of ddpm_core.evaluation: bits/dim (exact and strided), rate-distortion, sample-quality
+tables, the ablation configurations and the claims table. Tiny models, T = 100, 8x8 digits; the
+offline classifier is trained for one epoch in a private cache."""
+import math
+
+import pytest
+import torch
+
+from ddpm_core import data, diffusion, evaluation, schedules, toy, train, unet
+from ddpm_core.features import ClassifierConfig, get_extractor
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: threads only spin against each other here
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ddpm_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDPM_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def extractor(cache):
+    torch.set_num_threads(1)
+    return get_extractor("classifier:digits", device="cpu", config=ClassifierConfig(epochs=2))
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return data.load_dataset("digits", "test").x[:16].double()
+
+
+def make_oracle(d, points):
+    """The best possible eps prediction when x_0 is uniform over ``points`` (empirical Tweedie)."""
+    flat = points.reshape(len(points), -1)
+
+    def oracle(x_t, t):
+        ab = d.alpha_bar[d.timestep_map[t] if d.timestep_map is not None else t].to(x_t.dtype)
+        return toy.empirical_optimal_eps(x_t.reshape(len(x_t), -1), ab, flat).reshape(x_t.shape)
+
+    return oracle
+
+
+def cosine(T=100):
+    return diffusion.GaussianDiffusion(schedules.get_betas("cosine", T))
+
+
+def test_bits_per_dim_of_an_oracle_is_below_8_bits_with_the_prior_near_0(digits16):
+    d = cosine()
+    b = evaluation.bits_per_dim(make_oracle(d, digits16), d, digits16, progress=False,
+                                generator=torch.Generator().manual_seed(0))
+    assert b["n"] == 16 and b["steps"] == 100 and b["method"].startswith("exact")
+    assert 0 < b["bpd"] < 8.0  # a uniform model over the 256 grey levels needs exactly 8
+    assert b["prior_bpd"] < 1e-4
+    assert b["vb"].shape == (100,) and b["x0_mse"].shape == (100,)
+    # the bound is the sum of its terms; the KL terms of a 16-point data set add up to about log2(16) / D
+    assert b["bpd"] == pytest.approx(float(b["vb"].sum()) + b["prior_bpd"], rel=1e-9)
+    assert float(b["vb"][1:].sum()) == pytest.approx(math.log2(16) / 64, rel=0.25)
+    assert 0 < b["bpd_se"] < b["bpd"]
+
+
+def test_strided_bound_with_all_steps_equals_the_exact_one_and_fewer_steps_is_cheaper(digits16):
+    d = cosine()
+    oracle = make_oracle(d, digits16)
+    calls = []
+
+    def counted(x_t, t):
+        calls.append(1)
+        return oracle(x_t, t)
+
+    exact = evaluation.bits_per_dim(counted, d, digits16, progress=False, generator=torch.Generator().manual_seed(3))
+    n_exact = len(calls)
+    full = evaluation.bits_per_dim(oracle, d, digits16, strided=100, progress=False,
+                                   generator=torch.Generator().manual_seed(3))
+    assert full["bpd"] == pytest.approx(exact["bpd"], rel=1e-9, abs=1e-12)
+    assert torch.allclose(full["vb"], exact["vb"], rtol=1e-9, atol=1e-12)
+    calls.clear()
+    k10 = evaluation.bits_per_dim(counted, d, digits16, strided=10, progress=False,
+                                  generator=torch.Generator().manual_seed(3))
+    assert len(calls) * 10 == n_exact and k10["steps"] == 10
+    assert k10["method"].startswith("strided over K = 10")
+    assert k10["timesteps"][0] == 0 and k10["timesteps"][-1] == 99
+    assert k10["bpd"] > exact["bpd"]  # ten coarse steps bound the NLL less tightly
+
+
+def test_rate_grows_and_distortion_falls_as_more_reverse_steps_are_sent(digits16):
+    d = cosine()
+    rd = evaluation.rate_distortion(make_oracle(d, digits16), d, digits16, progress=False,
+                                    generator=torch.Generator().manual_seed(1))
+    rate, rmse = rd["rate_bpd"], rd["rmse"]
+    assert list(rd["reverse_step"][[0, -1]]) == [1, 100] and list(rd["t"][[0, -1]]) == [99, 0]
+    assert bool((rate[1:] >= rate[:-1] - 1e-12).all())  # KL terms are >= 0 (up to rounding)
+    assert float(rate[0]) < 1e-4 < float(rate[-1])
+    assert rd["rate_final"] + rd["distortion_bpd"] == pytest.approx(rd["total_bpd"], rel=1e-12)
+    thirds = [float(rmse[i * 33:(i + 1) * 33].mean()) for i in range(3)]
+    assert thirds[0] > thirds[1] > thirds[2]
+    assert float(rmse[0]) > 40 and float(rmse[-1]) < 1  # 0..255 scale: from a blur to the exact image
+    table = evaluation.rate_distortion_table(rd)
+    assert "1.77581" in table and "100 of 100" in table
+
+
+def test_fid_and_kid_of_real_test_images_are_far_below_noise(extractor):
+    test = evaluation.evaluate_reference("digits", "test", n=200, extractor=extractor)
+    noise = evaluation.evaluate_reference("digits", "noise", n=200, extractor=extractor)
+    assert test.fid < noise.fid / 10
+    assert test.kid_mean < noise.kid_mean / 10
+    assert test.is_mean > noise.is_mean
+    with pytest.raises(ValueError, match="reference kind"):
+        evaluation.evaluate_reference("digits", "blurred", n=10, extractor=extractor)
+
+
+def test_fid_is_biased_upward_at_small_sample_counts_and_kid_is_not(extractor):
+    curve = evaluation.fid_sample_size_curve("digits", sizes=(40, 300), extractor=extractor, repeats=2)
+    assert curve["fid_mean"][0] > 2 * curve["fid_mean"][1]
+    assert abs(curve["kid_mean"][0]) < 0.5 * curve["fid_mean"][0]
+
+
+def test_evaluate_table_names_the_extractor_the_sample_count_and_the_profile(extractor):
+    torch.manual_seed(0)
+    net = unet.build_model("cpu-digits", base_channels=8, norm_groups=4).eval()
+    d = cosine()
+    r = evaluation.evaluate(net, d, dataset="digits", n_samples=24, extractor=extractor, sampler="ddim", steps=5,
+                            bpd_examples=8, strided_bpd=5, progress=False, label="untrained net")
+    assert r.samples.shape == (24, 1, 8, 8) and r.n_samples == 24 and r.steps == 5
+    assert r.bpd is not None and r.bpd_method.startswith("strided over K = 5") and r.bpd_examples == 8
+    assert {"sampling", "features", "fid", "is", "kid", "bpd"} <= set(r.seconds)
+    table = r.table()
+    for text in (extractor.name, "24", r.profile, "untrained net", "ddim, 5 steps", "strided over K = 5"):
+        assert text in table, text
+    assert "<table" in table._repr_html_()
+    real = evaluation.evaluate_reference("digits", "test", n=24, extractor=extractor)
+    both = evaluation.results_table([r, real])
+    assert both.count("\n| ") == 2 and "test images" in both  # two rows below the header and separator
+
+
+def test_sample_images_runs_both_samplers_and_checks_its_arguments():
+    torch.manual_seed(0)
+    net = unet.build_model("cpu-digits", base_channels=8, norm_groups=4).eval()
+    d = cosine()
+    x = evaluation.sample_images(net, d, 5, batch_size=3, sampler="ddpm", steps=4, progress=False,
+                                 generator=torch.Generator().manual_seed(0))
+    y = evaluation.sample_images(net, d, 5, batch_size=3, sampler="ddpm", steps=4, progress=False,
+                                 generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 1, 8, 8) and torch.equal(x, y) and float(x.abs().max()) <= 1
+    z = evaluation.sample_images(net, d, 2, sampler="ddim", steps=4, progress=False)
+    assert z.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        evaluation.sample_images(net, d, 2, sampler="euler")
+
+
+def test_ablation_configs_differ_only_in_the_choice_each_claim_compares():
+    cfgs = evaluation.ablation_configs()
+    assert set(cfgs) == set(evaluation.ABLATIONS)
+    assert len({train.config_key(c) for c in cfgs.values()}) == len(cfgs)  # one cached model each
+    base = cfgs["eps-simple"].to_dict()
+    assert cfgs["eps-simple"].dataset == "digits" and cfgs["eps-simple"].loss_type == "simple"
+    for name, cfg in cfgs.items():
+        changed = {k for k, v in cfg.to_dict().items() if base[k] != v}
+        assert changed == set(evaluation.ABLATIONS[name][0]), name
+    for models in evaluation.CLAIM_MODELS.values():
+        assert set(models) <= set(cfgs)
+
+
+def fake_results(**over):
+    res = {name: dict(fid=10.0, kid=0.01, fid_few=None, bpd=3.0, bpd_se=0.1, diverged=False, loss_spikes=0,
+                      final_loss=0.1) for name in evaluation.ABLATIONS}
+    res["eps-simple"].update(fid=5.0, fid_few=20.0, bpd=3.0)
+    res["eps-vlb-fixed"].update(fid=9.0)
+    res["mu-simple"].update(fid=30.0)
+    res["hybrid-learned"].update(fid=6.0, fid_few=7.0, bpd=2.5)
+    res["vlb-learned"].update(bpd=2.4)
+    res["cosine-simple"].update(fid=4.0, bpd=2.9)
+    for name, changes in over.items():
+        res[name].update(changes)
+    res["_settings"] = dict(dataset="digits", extractor="clf", n_samples=100, steps=50, few_steps=10,
+                            bpd_examples=50, bpd_method="exact", profile="cpu")
+    return res
+
+
+def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
+    d = cosine()
+    res = fake_results()
+    res["rate_distortion"] = evaluation.rate_distortion(make_oracle(d, digits16), d, digits16, progress=False,
+                                                        generator=torch.Generator().manual_seed(0))
+    table = evaluation.claims_table(res)
+    assert len(table.rows) == 6 and [r[0][:3] for r in table.rows] == [f"({c})" for c in "abcdef"]
+    assert table.verdicts == {"a": True, "b": True, "c": True, "d": True, "e": True, "f": False}
+    assert "3.17" in table and "13.51" in table and "5.00" in table  # paper and book numbers side by side
+    flipped = evaluation.claims_table(fake_results(**{"eps-vlb-fixed": dict(fid=4.0), "vlb-learned": dict(bpd=3.5),
+                                                      "hybrid-learned": dict(fid_few=60.0)}))
+    assert flipped.verdicts["a"] is False and flipped.verdicts["c"] is False and flipped.verdicts["e"] is False
+    assert flipped.verdicts["f"] is None and flipped.rows[5][-1] == "not measured"
+    diverged = evaluation.claims_table(fake_results(**{"mu-simple": dict(fid=None, diverged=True)}))
+    assert diverged.verdicts["b"] is True and "diverged" in diverged.rows[1][2]
