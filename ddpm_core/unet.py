@@ -76,15 +76,18 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()  # Ho's "nin_shortcut"
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                  # (N, out_ch, H, W)
+        # In-place adds on fresh conv outputs (a conv's backward does not need its output) and, when no
+        # graph is recorded (sampling), in-place SiLU: fewer allocations, ~1.1x faster sampling on CPU.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))  # (N, out_ch, H, W)
         e = self.time_proj(F.silu(emb))[:, :, None, None]      # (N, out_ch or 2 out_ch, 1, 1)
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # GroupNorm(h) * (1 + scale) + shift
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+            h = self.norm2(h.add_(e))
+        h = self.conv2(self.dropout(F.silu(h, inplace=inplace)))
+        return h.add_(self.skip(x))
 
 
 class Attention(nn.Module):
@@ -110,7 +113,7 @@ class Attention(nn.Module):
         q, k, v = (p(y).unflatten(2, (self.num_heads, -1)).transpose(1, 2) for p in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v)  # (N, heads, HW, C / heads)
         y = self.proj_out(y.transpose(1, 2).flatten(2))  # (N, HW, C)
-        return x + y.transpose(1, 2).reshape(n, c, h, w)
+        return y.transpose(1, 2).reshape(n, c, h, w).add_(x)  # (N, C, H, W); a channels-last view of y
 
 
 class Downsample(nn.Module):
@@ -237,6 +240,10 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
         self._init_weights(init)
+        # Channels-last (NHWC) weights: every convolution then runs in NHWC whatever the input's layout,
+        # ~1.1x faster training and sampling on CPU (oneDNN) and the layout of GPU tensor-core kernels.
+        # Kept by .to(), deepcopy and load_state_dict; net.to(memory_format=torch.contiguous_format) undoes it.
+        self.to(memory_format=torch.channels_last)
 
     def _init_weights(self, init: str) -> None:
         if init == "ddpm":  # TF variance_scaling(1, fan_avg, uniform) == Xavier uniform, biases zero
@@ -272,7 +279,7 @@ class UNet(nn.Module):
             for block, attn in zip(level.res, level.attn):
                 h = attn(block(torch.cat([h, hs.pop()], dim=1), emb))
             h = level.resample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()  # NCHW, whatever the weights' layout
 
     # -- construction helpers -------------------------------------------------------------------
 
