@@ -90,6 +90,30 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     assert_same_state(state_of(full), state_of(resumed))
 
 
+def test_a_real_sigint_finishes_the_update_then_saves(tmp_path, monkeypatch):
+    import signal
+
+    real_update = tr._Trainer.update
+
+    def update_hit_by_ctrl_c(self, model_fn):
+        if self.step == 2:  # Ctrl-C (or a notebook's interrupt) arrives in the middle of update 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_update(self, model_fn)
+
+    monkeypatch.setattr(tr._Trainer, "update", update_hit_by_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(toy(), out_dir=tmp_path, progress=False)
+    assert tr.read_checkpoint(tmp_path / "last.pt")["step"] == 3  # the update finished, then it saved
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
+def test_progress_bar_shows_the_loss(capsys):
+    tr.train(toy(steps=8, log_every=4), progress=True)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "8/8" in err
+
+
 def test_resume_refuses_a_different_configuration(tmp_path):
     tr.train(toy(steps=4), out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"lr: 0.001 in the checkpoint, 0.002 now"):
