@@ -33,6 +33,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even if DIR/last.pt exists (it is overwritten)")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    from . import diffusion, resample, schedules
+    from .train import PRECISIONS
+
+    choices = {"schedule": schedules.SCHEDULES, "mean_type": diffusion.MEAN_TYPES, "var_type": diffusion.VAR_TYPES,
+               "loss_type": diffusion.LOSS_TYPES, "timestep_sampler": resample.SAMPLERS, "precision": PRECISIONS}
     g = p.add_argument_group("configuration (fields of ddpm_core.train.TrainConfig)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -41,8 +46,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         if f.type == "bool":
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            g.add_argument(flag, dest=f.name, type=_field_type(f.type), default=None, metavar=f.name.upper(),
-                           help=help_text)
+            options = list(choices[f.name]) if f.name in choices else None
+            g.add_argument(flag, dest=f.name, type=_field_type(f.type), default=None, choices=options,
+                           metavar=f.name.upper() if options is None else None, help=help_text)
 
 
 def _add_sample_options(p: argparse.ArgumentParser) -> None:

@@ -76,9 +76,11 @@ def test_book_config_and_toy_scatter_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bad_values_give_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="schedule"):
-        main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--schedule", "quadratic",
-              "--out", str(tmp_path)])
+def test_bad_values_give_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--schedule", "quadratic", "--out", str(tmp_path)])
+    assert "invalid choice: 'quadratic'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"TrainConfig.T = 10 with schedule 'linear'"):
+        main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--T", "10", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", "x.pt", "--sampler", "euler", "--out", "x.png"])
