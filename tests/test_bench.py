@@ -1,0 +1,117 @@
+"""Tests of ddpm_core.bench: the diffusers twin of every preset, the end-to-end benchmark on a tiny
+configuration (table and JSON), and the strided bits/dim estimate."""
+import json
+
+import pytest
+import torch
+
+from ddpm_core import bench, diffusion, schedules, unet
+from ddpm_core.unet import PRESETS, UNet
+
+diffusers = pytest.importorskip("diffusers")
+
+TINY = dict(base_channels=16, norm_groups=4)  # cpu-digits, narrower: a benchmark run in seconds
+
+
+@pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"ddpm-cifar10", "iddpm-cifar10"}))
+def test_diffusers_twin_of_each_small_preset_has_the_same_configuration_and_parameter_count(preset):
+    ours, theirs = bench.build_pair(preset)
+    assert unet.count_parameters(ours) == unet.count_parameters(theirs)
+    # reading the twin's configuration back gives the preset (diffusers' models start from PyTorch's init)
+    back = unet._config_from_diffusers(theirs.config, ours.config["learn_sigma"])
+    assert {**back, "init": ours.config["init"]} == ours.config
+
+
+def test_diffusers_twin_of_the_improved_ddpm_design_computes_the_same_function():
+    torch.manual_seed(0)
+    ours, theirs = bench.build_pair("cpu-digits", num_heads=2, time_embedding="iddpm", downsample_padding="symmetric",
+                                    use_scale_shift_norm=True, learn_sigma=True, norm_eps=1e-5)
+    assert theirs.config.resnet_time_scale_shift == "scale_shift" and theirs.config.out_channels == 2
+    with torch.no_grad():
+        for p in theirs.parameters():  # move every weight away from zero so all paths carry signal
+            p.add_(0.05 * torch.randn_like(p))
+    ours.load_state_dict(UNet.from_diffusers(theirs, learn_sigma=True).state_dict())
+    x_t, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        diff = (ours.eval()(x_t, t) - theirs.eval()(x_t, t).sample).abs().max().item()
+    assert diff < 1e-5
+
+
+def test_the_paper_preset_twin_is_the_released_google_ddpm_cifar10_32_configuration():
+    assert bench.diffusers_config(UNet.from_preset("ddpm-cifar10").config) == {
+        **unet.DDPM_CIFAR10_DIFFUSERS_CONFIG, "dropout": 0.1}
+
+
+def test_alternating_timer_reports_medians_of_each_function():
+    calls = []
+    result = bench.time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                    torch.device("cpu"), repeats=3, inner=2, warmup=1)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then rounds in alternation
+    for r in result.values():
+        assert len(r["wall_s"]) == 3 and r["step_s"] == sorted(r["wall_s"])[1] and r["warmup_s"] >= 0
+
+
+def test_benchmark_runs_end_to_end_on_a_tiny_config_and_writes_valid_json(tmp_path):
+    out = tmp_path / "bench.json"
+    torch.manual_seed(0)
+    result = bench.run("cpu", cases=[("cpu-digits", 4, TINY)], repeats=2, warmup=1, settings=False,
+                       evaluation=False, progress=False, partial=out)
+    saved = json.loads(out.read_text())  # written after each case
+    assert saved["schema"] == bench.SCHEMA and len(saved["training"]) == len(saved["sampling"]) == 1
+    m = result["machine"]
+    assert m["device"] == "cpu" and m["date"][:2] == "20" and len(m["load_average"]) == 3 and m["torch"]
+    assert result["gpu"].startswith("not measured")
+    for kind in ("training", "sampling"):
+        case = result[kind][0]
+        assert case["preset"] == "cpu-digits" and case["batch"] == 4 and case["precision"] == "fp32"
+        v = case["variants"]
+        assert {"ddpm_core", "ddpm_core-nchw", "diffusers", "diffusers-cl"} <= set(v)
+        for r in v.values():
+            assert r["images_per_s"] == pytest.approx(4 / r["step_s"]) and r["step_s"] > 0 and r["cpu_step_s"] > 0
+            assert r["mfu"] is None and r["memory"] is None  # CUDA only
+        assert v["ddpm_core"]["channels_last"] and not v["diffusers"]["channels_last"] and v["diffusers-cl"]["channels_last"]
+        assert case["ratio"] == pytest.approx(v["ddpm_core"]["images_per_s"] / v["diffusers"]["images_per_s"])
+        # the same network: the FLOP counter sees the same work in both libraries
+        assert v["ddpm_core"]["flops_per_step"] > 0
+        assert v["ddpm_core"]["flops_per_step"] == pytest.approx(v["diffusers"]["flops_per_step"], rel=0.02)
+    # a training step (forward + backward) counts about three forward passes
+    ratio = result["training"][0]["variants"]["ddpm_core"]["flops_per_step"] / \
+        result["sampling"][0]["variants"]["ddpm_core"]["flops_per_step"]
+    assert 2.5 < ratio < 3.5
+    table = bench.format_table(result)
+    assert "ddpm_core / diffusers" in table and "cpu-digits" in table and m["date"] in table
+    rows = bench.summary_rows(result)
+    assert [r["kind"] for r in rows] == ["training", "sampling"] and rows[0]["ratio"] == result["training"][0]["ratio"]
+
+
+def test_strided_bpd_with_stride_one_is_the_exact_bound_and_larger_strides_estimate_it():
+    torch.manual_seed(0)
+    net = UNet.from_preset("cpu-digits", **TINY).eval()
+    with torch.no_grad():
+        net.conv_out.weight.normal_(0, 0.01)  # a non-zero prediction
+    d = diffusion.GaussianDiffusion(schedules.get_betas("linear", 40))
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    exact = d.bpd(net, x0, noise_generator=torch.Generator().manual_seed(1))["total_bpd"]
+    same = bench.strided_bpd(d, net, x0, 1, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(same, exact, rtol=1e-5, atol=1e-6)
+    estimates = torch.stack([bench.strided_bpd(d, net, x0, 4, torch.Generator().manual_seed(s)) for s in range(12)])
+    assert not torch.allclose(estimates[0], exact)  # an estimate, from 11 calls instead of 40
+    # unbiased: the mean of independent estimates approaches the exact bound (a fixed step per block would not)
+    assert ((estimates.mean(0) - exact).abs() / exact).max() < 0.1
+    with pytest.raises(ValueError, match="stride"):
+        bench.strided_bpd(d, net, x0, 0)
+
+
+def test_evaluation_cost_reports_exact_and_strided_bpd_and_feature_batches():
+    from ddpm_core import features
+
+    torch.manual_seed(0)
+    extractor = features.ClassifierExtractor(features.SmallClassifier(1, 28, 10), "random classifier", None,
+                                             device="cpu")
+    model = UNet.from_preset("cpu-digits", **TINY)
+    out = bench.bench_evaluation(torch.device("cpu"), strides=(5,), extractor=extractor, feature_images=40,
+                                 model=model, images=torch.rand(2, 1, 8, 8) * 2 - 1, T=30)
+    b, f = out["bpd"], out["features"]
+    assert b["exact"]["calls"] == 30 and b["strided"][0]["calls"] == 1 + len(range(1, 30, 5)) == 7
+    assert b["exact"]["bpd"] > 0 and b["strided"][0]["speedup"] > 0
+    assert [x["batch_size"] for x in f["batches"]] == [1, 32, 256] and f["speedup"] > 0
