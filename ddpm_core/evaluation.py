@@ -372,7 +372,7 @@ class EvalResult:
     samples: torch.Tensor | None = field(default=None, repr=False)
     bpd_detail: dict | None = field(default=None, repr=False)
 
-    HEADER = ["what", "made by", "samples", "FID (vs train)", "IS", "KID x 1e3", "bits/dim (test)",
+    HEADER = ["what", "made by", "samples", "FID (vs train)", "IS", "KID (vs train)", "bits/dim (test)",
               "feature extractor", "profile", "seconds"]
 
     def row(self) -> list[str]:
@@ -380,7 +380,7 @@ class EvalResult:
         made = self.sampler if self.steps is None else f"{self.sampler}, {self.steps} steps"
         bpd = "" if self.bpd is None else _pm(self.bpd, self.bpd_se, ".3f") + f" ({self.bpd_examples} images)"
         return [self.label, made, f"{self.n_samples:,}", f"{self.fid:.2f}", _pm(self.is_mean, self.is_std, ".2f"),
-                _pm(1e3 * self.kid_mean, 1e3 * self.kid_std, ".2f"), bpd, self.extractor, self.profile,
+                _pm(self.kid_mean, self.kid_std, ".3g"), bpd, self.extractor, self.profile,
                 f"{sum(self.seconds.values()):.1f}"]
 
     def as_dict(self) -> dict:
@@ -515,7 +515,8 @@ def evaluate_reference(dataset: str = "mnist5k", kind: str = "test", n: int = 25
 
 
 def fid_sample_size_curve(dataset: str = "mnist5k", sizes=(50, 100, 200, 400, 1000), split: str = "test",
-                          extractor: str = "classifier:mnist5k", repeats: int = 3, seed: int = 0) -> dict:
+                          extractor: str = "classifier:mnist5k", repeats: int = 3, kid_subsets: int = 20,
+                          seed: int = 0) -> dict:
     """FID and KID of ``N`` real ``split`` images against the training set, for each N in ``sizes``.
 
     Both sets come from the same distribution, so the true distance is ~0: what FID shows at small
@@ -538,7 +539,7 @@ def fid_sample_size_curve(dataset: str = "mnist5k", sizes=(50, 100, 200, 400, 10
         for r in range(repeats):
             sub = feats[torch.randperm(len(feats), generator=gen)[:n]]
             fids.append(_metrics.fid_result(sub, ref_stats, ext.name).fid)
-            kids.append(_metrics.kid(sub, ref_feats, num_subsets=50, seed=seed + r)[0])
+            kids.append(_metrics.kid(sub, ref_feats, num_subsets=kid_subsets, seed=seed + r)[0])
         fid_m.append(float(np.mean(fids)))
         fid_s.append(float(np.std(fids)))
         kid_m.append(float(np.mean(kids)))
@@ -752,7 +753,7 @@ def claims_table(results: dict) -> _paper.Table:
     else:
         rate, rmse, K = rd["rate_bpd"], rd["rmse"], len(rd["rate_bpd"])
         late = 1.0 - float(rate[int(0.9 * K) - 1]) / max(rd["rate_final"], 1e-12)
-        adds_up = abs(rd["rate_final"] + rd["distortion_bpd"] - rd["total_bpd"]) < 1e-6 * max(1.0, rd["total_bpd"])
+        adds_up = abs(rd["rate_final"] + rd["distortion_bpd"] - rd["total_bpd"]) < 1e-4 * max(1.0, rd["total_bpd"])
         monotone = bool((rate[1:] >= rate[:-1] - 1e-12).all()) and float(rmse[-1]) < float(rmse[0])
         verdicts["f"] = bool(adds_up and monotone and late > 0.5)
         book_f = (f"rate {rd['rate_final']:.3f} + distortion {rd['distortion_bpd']:.3f} = {rd['total_bpd']:.3f} "
