@@ -94,10 +94,15 @@ def test_strided_bpd_with_stride_one_is_the_exact_bound_and_larger_strides_estim
     exact = d.bpd(net, x0, noise_generator=torch.Generator().manual_seed(1))["total_bpd"]
     same = bench.strided_bpd(d, net, x0, 1, torch.Generator().manual_seed(1))
     torch.testing.assert_close(same, exact, rtol=1e-5, atol=1e-6)
-    estimates = torch.stack([bench.strided_bpd(d, net, x0, 4, torch.Generator().manual_seed(s)) for s in range(12)])
-    assert not torch.allclose(estimates[0], exact)  # an estimate, from 11 calls instead of 40
-    # unbiased: the mean of independent estimates approaches the exact bound (a fixed step per block would not)
-    assert ((estimates.mean(0) - exact).abs() / exact).max() < 0.1
+    estimate = bench.strided_bpd(d, net, x0, 4, torch.Generator().manual_seed(2))
+    assert not torch.allclose(estimate, exact)  # an estimate, from 11 calls instead of 40
+    # unbiased: the means of independent estimates and of exact bounds (each with its own noise) agree
+    # within three standard errors (the last step of each block instead lands 15 errors low)
+    exacts = torch.stack([d.bpd(net, x0, noise_generator=torch.Generator().manual_seed(100 + s))["total_bpd"].mean()
+                          for s in range(6)])
+    strided = torch.stack([bench.strided_bpd(d, net, x0, 4, torch.Generator().manual_seed(s)).mean() for s in range(24)])
+    se = (exacts.var() / len(exacts) + strided.var() / len(strided)).sqrt()
+    assert (strided.mean() - exacts.mean()).abs() < 3 * se
     with pytest.raises(ValueError, match="stride"):
         bench.strided_bpd(d, net, x0, 0)
 
