@@ -810,15 +810,16 @@ CPU_PRESETS: dict[str, TrainConfig] = {
     "mnist5k": TrainConfig(dataset="mnist5k", preset="cpu-mnist", T=1000, schedule="linear", batch_size=32,
                            lr=1e-3, warmup_steps=50, ema_decay=0.995, dropout=0.0, steps=700,
                            checkpoint_every=100, log_every=50),
-    # 8x8 scikit-learn digits with the tiny cpu-digits U-Net.
+    # 8x8 scikit-learn digits with the tiny cpu-digits U-Net: ~165 s of one busy core, clear digits.
     "digits": TrainConfig(dataset="digits", preset="cpu-digits", T=1000, batch_size=64, lr=1e-3,
                           warmup_steps=50, ema_decay=0.995, dropout=0.0, steps=1500, checkpoint_every=500,
                           log_every=50),
-    # 2-D toys with the time-conditioned MLP (about 50 s for the Swiss roll).
+    # 2-D toys with the time-conditioned MLP: ~75 s of one busy core. At 3,000 steps only 36% of the
+    # ring's samples lie within 0.1 of one of its 8 centres; at 6,000, 87% (the data: 86%).
     "toy-ring": TrainConfig(dataset="ring", preset="toy-mlp", T=1000, batch_size=512, lr=1e-3, warmup_steps=100,
-                            ema_decay=0.995, steps=3000, checkpoint_every=1000, log_every=100),
+                            ema_decay=0.995, steps=6000, checkpoint_every=1000, log_every=100),
     "toy-swissroll": TrainConfig(dataset="swissroll", preset="toy-mlp", T=1000, batch_size=512, lr=1e-3,
-                                 warmup_steps=100, ema_decay=0.995, steps=3000, checkpoint_every=1000, log_every=100),
+                                 warmup_steps=100, ema_decay=0.995, steps=6000, checkpoint_every=1000, log_every=100),
 }
 GPU_PRESETS: dict[str, TrainConfig] = {
     # Ho et al. 2020, CIFAR-10: the paper's settings (lr 2e-4, batch 128, 5,000 warm-up steps,
