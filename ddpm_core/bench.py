@@ -447,10 +447,10 @@ def bench_evaluation(device: torch.device, n_images: int = 32, strides: tuple[in
         cfg = train.book_config("digits")
         cached = train.cached_run_dir(cfg) / train.CHECKPOINT_NAME
         if cached.exists():
-            model, source = train.load_checkpoint(cached, map_location=device).ema, "trained digits model (cache)"
+            model, source = train.load_checkpoint(cached, map_location=device).ema, "trained digits model of the book"
         else:
             torch.manual_seed(seed)
-            model, source = unet.UNet.from_preset("cpu-digits"), "untrained cpu-digits network (no cached model)"
+            model, source = unet.UNet.from_preset("cpu-digits"), "untrained cpu-digits network"
     model = model.to(device).eval()
     if images is None:
         images = data.load_dataset("digits", "test").x[:n_images]
@@ -600,50 +600,67 @@ def summary_rows(result: dict) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """:func:`summary_rows` as a Markdown table (images / s; ratios ddpm_core over diffusers)."""
+def _html_table(head: list[str], body: list[list[str]]) -> str:
+    """An HTML table (cells are trusted HTML: numbers, <b> and <code>)."""
+    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body]
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def summary_html(rows: list[dict]) -> str:
+    """:func:`summary_rows` as an HTML table (images / s; ratios ddpm_core over diffusers)."""
     gpu = any(r["mfu"] is not None for r in rows)
+    others = any(r["best"] != "ddpm_core" for r in rows)  # a compiled or graphed variant was fastest somewhere
     head = ["", "preset", "batch", "ddpm_core img/s", "diffusers img/s", "ratio", "ratio (CPU time)",
-            "ratio (paired rounds)", "best variant", "best ratio"] + (["MFU", "peak GiB"] if gpu else []) + ["load"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            "ratio (paired rounds)"] + (["best variant", "best ratio"] if others else []) + \
+        (["MFU", "peak GiB"] if gpu else []) + ["load"]
+    body = []
     for r in rows:
-        cells = [r["kind"], f"`{r['preset']}`", str(r["batch"]), f"{r['ddpm_core']:,.1f}", f"{r['diffusers']:,.1f}",
-                 f"**{r['ratio']:.2f}x**", f"{r['ratio_cpu_time']:.2f}x", f"{r['ratio_paired']:.2f}x", f"`{r['best']}`",
-                 f"{r['ratio_best']:.2f}x"]
+        cells = [r["kind"], f"<code>{r['preset']}</code>", str(r["batch"]), f"{r['ddpm_core']:,.1f}",
+                 f"{r['diffusers']:,.1f}", f"<b>{r['ratio']:.2f}x</b>", f"{r['ratio_cpu_time']:.2f}x",
+                 f"{r['ratio_paired']:.2f}x"]
+        if others:
+            cells += [f"<code>{r['best']}</code>", f"{r['ratio_best']:.2f}x"]
         if gpu:
             cells += [f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
                       f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"]
-        lines.append("| " + " | ".join(cells + [f"{r['load']:.1f}"]) + " |")
-    return "\n".join(lines)
+        body.append(cells + [f"{r['load']:.1f}"])
+    return _html_table(head, body)
 
 
-def variants_markdown(result: dict) -> str:
+def variants_html(result: dict) -> str:
     """Every variant's throughput relative to diffusers as shipped, per (kind, preset): what each
     setting (channels-last, compile, CUDA graphs) is worth."""
     cases = [c for kind in ("training", "sampling") for c in result.get(kind, [])]
     names = list(dict.fromkeys(n for c in cases for n in c["variants"]))
-    lines = ["| | preset | " + " | ".join(f"`{n}`" for n in names) + " |", "|" + "---|" * (len(names) + 2)]
+    body = []
     for c in cases:
         base = c["variants"]["diffusers"]["images_per_s"]
-        cells = [f"{c['variants'][n]['images_per_s'] / base:.2f}x" if n in c["variants"] else "-" for n in names]
-        lines.append(f"| {c['kind']} | `{c['preset']}` | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([c["kind"], f"<code>{c['preset']}</code>"] + [
+            f"{c['variants'][n]['images_per_s'] / base:.2f}x" if n in c["variants"] else "-" for n in names])
+    return _html_table(["", "preset"] + [f"<code>{n}</code>" for n in names], body)
 
 
-def evaluation_markdown(result: dict) -> str:
-    """The evaluation costs of a :func:`run` result as a Markdown table."""
+def settings_html(result: dict) -> str:
+    """The CPU settings of a :func:`run` result (threads, memory format, compile) as an HTML table."""
+    s = result["cpu_settings"]
+    body = [[name, f"{r['images_per_s']:.1f}", f"{r['warmup_s']:.1f}"] for name, r in s["variants"].items()]
+    return _html_table([f"ddpm_core training, <code>{s['preset']}</code>", "images / s", "first step (s)"], body)
+
+
+def evaluation_html(result: dict) -> str:
+    """The evaluation costs of a :func:`run` result as an HTML table."""
     b, f = result["evaluation"]["bpd"], result["evaluation"]["features"]
-    lines = ["| computation | network calls / batch | seconds | result | speed-up |", "|---|---|---|---|---|",
-             f"| exact bits/dim, {b['images']} images | {b['exact']['calls']} calls | {b['exact']['wall_s']:.1f} | "
-             f"{b['exact']['bpd']:.3f} bits/dim | 1x |"]
+    body = [[f"exact bits/dim, {b['images']} images", f"{b['exact']['calls']} calls", f"{b['exact']['wall_s']:.1f}",
+             f"{b['exact']['bpd']:.3f} bits/dim", "1x"]]
     for e in b["strided"]:
-        lines.append(f"| strided bits/dim, stride {e['stride']} | {e['calls']} calls | {e['wall_s']:.1f} | "
-                     f"{e['bpd']:.3f} bits/dim | {e['speedup']:.0f}x |")
+        body.append([f"strided bits/dim, stride {e['stride']}", f"{e['calls']} calls", f"{e['wall_s']:.1f}",
+                     f"{e['bpd']:.3f} bits/dim", f"{e['speedup']:.0f}x"])
     one = f["batches"][0]["images_per_s"]
     for x in f["batches"]:
-        lines.append(f"| features, {x['images']} images | batch {x['batch_size']} | {x['wall_s']:.2f} | "
-                     f"{x['images_per_s']:,.0f} images/s | {x['images_per_s'] / one:.0f}x |")
-    return "\n".join(lines)
+        body.append([f"features, {x['images']} images", f"batch {x['batch_size']}", f"{x['wall_s']:.2f}",
+                     f"{x['images_per_s']:,.0f} images/s", f"{x['images_per_s'] / one:.0f}x"])
+    return _html_table(["computation", "network calls / batch", "seconds", "result", "speed-up"], body)
 
 
 def saved_results(kind: str = "cpu", folder: str | Path | None = None) -> list[tuple[Path, dict]]:

@@ -82,6 +82,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config_and_writes_valid_json(tmp_pa
     assert "ddpm_core / diffusers" in table and "cpu-digits" in table and m["date"] in table
     rows = bench.summary_rows(result)
     assert [r["kind"] for r in rows] == ["training", "sampling"] and rows[0]["ratio"] == result["training"][0]["ratio"]
+    assert bench.summary_html(rows).count("<tr>") == 3 and "diffusers-cl" in bench.variants_html(result)
 
 
 def test_strided_bpd_with_stride_one_is_the_exact_bound_and_larger_strides_estimate_it():
