@@ -75,6 +75,14 @@ def truncate(d: GaussianDiffusion, t: int) -> GaussianDiffusion:
     return GaussianDiffusion(d.betas[: t + 1], d.mean_type, d.var_type, d.loss_type, timestep_map=timestep_map)
 
 
+def _device(model: Callable) -> torch.device:
+    """The device of a module's parameters (CPU for a plain function)."""
+    params = getattr(model, "parameters", None)
+    for p in (params() if callable(params) else ()):
+        return p.device
+    return torch.device("cpu")
+
+
 def _scaled(d: GaussianDiffusion, y: torch.Tensor, t: int) -> torch.Tensor:
     return math.sqrt(float(d.alpha_bar[t])) * y
 
@@ -90,8 +98,8 @@ def denoise_one_step(model: Callable, d: GaussianDiffusion, y: torch.Tensor, sig
     :return: [N x C x H x W] denoised images in [-1, 1].
     """
     t = step_for_sigma(d, sigma) if t is None else t
-    x_t = _scaled(d, y, t)
-    steps = torch.full((len(y),), t, dtype=torch.long, device=y.device)
+    x_t = _scaled(d, y.to(_device(model)), t)
+    steps = torch.full((len(y),), t, dtype=torch.long, device=x_t.device)
     out = d.p_mean_variance(d.model_call(model, x_t, steps), x_t, steps)
     return out["pred_x0"]
 
@@ -111,7 +119,7 @@ def denoise_chain(model: Callable, d: GaussianDiffusion, y: torch.Tensor, sigma:
     if steps is not None and steps < t + 1:
         proc = sampling.respace(proc, steps)
     return sampling.ddpm_sample(model, proc, tuple(y.shape), generator=generator, progress=progress,
-                                x_T=_scaled(d, y, t), device=y.device)
+                                x_T=_scaled(d, y, t))
 
 
 # ---------------------------------------------------------------------- PSNR and baselines
@@ -171,7 +179,8 @@ def benchmark(model: Callable, d: GaussianDiffusion, x0: torch.Tensor, x0_tune: 
               progress: bool = False) -> tuple[list[dict], dict]:
     """Denoise ``x0 + sigma * eps`` for every sigma with every method of ``METHODS`` and score it.
 
-    :param x0: [N x C x H x W] clean test images in [-1, 1] (the model never saw them).
+    :param x0: [N x C x H x W] clean test images in [-1, 1] (the model never saw them); moved to
+        the model's device.
     :param x0_tune: other clean images, used only to tune the blur width per sigma.
     :param chain_steps: steps of the reverse chain (None: all t + 1 of them).
     :return: (rows, images): one row per sigma with ``sigma``, ``t``, ``sigma_t`` (the step's own
@@ -179,6 +188,8 @@ def benchmark(model: Callable, d: GaussianDiffusion, x0: torch.Tensor, x0_tune: 
         each method to its [N x C x H x W] output (``"clean"`` too).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    device = _device(model)
+    x0, x0_tune = x0.to(device), x0_tune.to(device)
     rows, images = [], {}
     for sigma in sigmas:
         y = add_noise(x0, sigma, gen)
