@@ -199,3 +199,21 @@ def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
     assert flipped.verdicts["f"] is None and flipped.rows[5][-1] == "not measured"
     diverged = evaluation.claims_table(fake_results(**{"mu-simple": dict(fid=None, diverged=True)}))
     assert diverged.verdicts["b"] is True and "diverged" in diverged.rows[1][2]
+
+
+def test_measure_ablations_records_scores_bounds_and_divergence(extractor):
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    net = unet.build_model("cpu-digits", base_channels=8, norm_groups=4).eval()
+    run = SimpleNamespace(history={"loss": torch.cat([torch.ones(60), torch.full((1,), 10.0)])}, ema=net,
+                          diffusion=cosine())
+    runs = {"eps-simple": run, "mu-simple": train.TrainingDivergedError("loss is nan", 3, None)}
+    m = evaluation.measure_ablations(runs, extractor=extractor, n_samples=16, steps=4, few_steps=2,
+                                     bpd_examples=6, bpd_stride=10, progress=False)
+    rec = m["eps-simple"]
+    assert rec["loss_spikes"] == 1 and not rec["diverged"]
+    assert math.isfinite(rec["fid"]) and math.isfinite(rec["fid_few"]) and math.isfinite(rec["kid"])
+    assert 0 < rec["bpd"] and rec["bpd_se"] > 0
+    assert m["mu-simple"]["diverged"] and m["mu-simple"]["fid"] is None
+    assert m["_settings"]["bpd_method"].startswith("stratified") and m["_settings"]["n_samples"] == 16
