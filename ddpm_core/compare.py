@@ -1,0 +1,452 @@
+"""Side-by-side measurements of GANs, VAEs, flows and DDPM for the comparison chapter.
+
+Three kinds of helpers:
+
+* **Mode coverage on 2-D mixtures** (the ring and the grid of ``data.load_dataset``). A sample is of
+  *high quality* if it lies within ``n_std`` standard deviations (default 3) of the nearest mixture
+  centre; a mode is *covered* if it receives at least ``min_fraction`` of the high-quality samples
+  it would get under the true, equally weighted mixture (the protocol of Srivastava et al. 2017,
+  VEEGAN, and Metz et al. 2017, unrolled GANs, with the threshold stated as a share).
+* **Cached training** of the baselines (``get_baseline``) and of the 2-D DDPMs (``get_ddpm``), one
+  run per (family, data, steps, seed), so the book and its tests train each model once.
+* **Seeds and timing**: ``summarize`` (mean, std, min, max over seeds), ``timed`` and
+  ``sample_timed`` (seconds per sample), ``image_metrics`` (FID, IS, KID with one extractor).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import baselines, runtime
+
+CACHE_VERSION = 1  # bump when a change here makes the cached baselines stale
+
+
+# ---------------------------------------------------------------------- modes of 2-D mixtures
+def nearest_mode(samples: torch.Tensor, modes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index [N] (long) and Euclidean distance [N] of the nearest mode of each sample.
+
+    :param samples: points [N, 2] (any dimension d works: [N, d]).
+    :param modes: mixture centres [K, d].
+    """
+    samples, modes = _points(samples, "samples"), _points(modes, "modes")
+    if samples.shape[1] != modes.shape[1]:
+        raise ValueError(f"samples have {samples.shape[1]} coordinates but modes have {modes.shape[1]}")
+    if len(modes) == 0:
+        raise ValueError("modes is empty: give the [K, d] mixture centres (dataset.modes)")
+    dist = torch.cdist(samples.double(), modes.double())  # (N, K)
+    if len(samples) == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
+    d, idx = dist.min(dim=1)
+    return idx, d
+
+
+@dataclass(frozen=True)
+class ModeStats:
+    """Mode coverage and sample quality of one set of 2-D samples.
+
+    :ivar counts: high-quality samples per mode, long [K].
+    :ivar covered: modes with ``counts >= min_fraction * n_samples / K``.
+    :ivar num_modes: K.
+    :ivar high_quality: share of all samples within ``n_std`` standard deviations of a mode.
+    :ivar n_samples: N. :ivar n_std, min_fraction: the thresholds used.
+    """
+
+    counts: torch.Tensor
+    covered: int
+    num_modes: int
+    high_quality: float
+    n_samples: int
+    n_std: float
+    min_fraction: float
+
+    @property
+    def covered_mask(self) -> torch.Tensor:
+        """bool [K]: which modes are covered."""
+        return self.counts >= self.min_fraction * self.n_samples / self.num_modes
+
+    @property
+    def mode_tv(self) -> float:
+        """Total variation between the high-quality samples' spread over modes and the uniform
+        spread (0: perfectly balanced, near 1: all on one mode); NaN with no high-quality sample."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return float("nan")
+        share = self.counts.double() / total
+        return float(0.5 * (share - 1.0 / self.num_modes).abs().sum())
+
+
+def mode_stats(samples: torch.Tensor, modes: torch.Tensor, mode_std: float, n_std: float = 3.0,
+               min_fraction: float = 0.1) -> ModeStats:
+    """Which modes of a mixture the samples cover, and how many samples are of high quality.
+
+    A sample is of high quality if its distance to the nearest mode is below ``n_std * mode_std``
+    (for an isotropic 2-D Gaussian 98.9 % of its own samples are, at ``n_std = 3``). A mode is
+    covered if it holds at least ``min_fraction`` of its expected count ``N / K`` of high-quality
+    samples (mixtures with equal weights, such as the ring and the grid).
+
+    :param samples: [N, 2] points. :param modes: [K, 2] centres (``dataset.modes``).
+    :param mode_std: standard deviation of each component (``dataset.mode_std``).
+    :return: a :class:`ModeStats`.
+    """
+    if not (mode_std > 0 and n_std > 0):
+        raise ValueError(f"mode_std and n_std must be positive, got {mode_std} and {n_std}")
+    if not 0 <= min_fraction <= 1:
+        raise ValueError(f"min_fraction is a share of the expected count, between 0 and 1; got {min_fraction}")
+    idx, dist = nearest_mode(samples, modes)
+    good = dist < n_std * mode_std
+    counts = torch.bincount(idx[good], minlength=len(modes))
+    n = len(idx)
+    covered = int((counts >= min_fraction * n / len(modes)).sum()) if n else 0
+    return ModeStats(counts=counts, covered=covered, num_modes=len(modes),
+                     high_quality=float(good.double().mean()) if n else float("nan"), n_samples=n,
+                     n_std=float(n_std), min_fraction=float(min_fraction))
+
+
+def _points(x: torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a [N, d] tensor of points, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x.detach().cpu()
+
+
+# ---------------------------------------------------------------------- seeds and timing
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Mean, standard deviation (ddof 1; 0 for one value), min and max of per-seed values."""
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("summarize needs at least one value")
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), seconds)``, synchronising CUDA before reading the clock."""
+    _sync()
+    start = time.perf_counter()
+    out = fn()
+    _sync()
+    return out, time.perf_counter() - start
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------- cached training
+def baseline_key(family: str, dataset: str, steps: int, seed: int = 0, batch_size: int = 256,
+                 lr: float | None = None, size: str | None = None, **options: Any) -> str:
+    """Cache name ``<family>-<dataset>-<steps>steps-seed<seed>-<8 hex>`` of a baseline run; the hash
+    covers every argument (and ``CACHE_VERSION``), so a changed setting trains a new model."""
+    size = size or runtime.get_profile()
+    spec = dict(family=family, dataset=dataset, steps=int(steps), seed=int(seed), batch_size=int(batch_size),
+                lr=lr, size=size, options=options, version=CACHE_VERSION)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{family}-{dataset}-{int(steps)}steps-seed{int(seed)}-{digest}"
+
+
+def baseline_path(family: str, dataset: str, steps: int, seed: int = 0, **kw: Any) -> Path:
+    """``runtime.cache_dir()/baselines/<baseline_key(...)>.pt``."""
+    return runtime.cache_dir() / "baselines" / f"{baseline_key(family, dataset, steps, seed, **kw)}.pt"
+
+
+def get_baseline(family: str, dataset: str, steps: int, seed: int = 0, batch_size: int = 256,
+                 lr: float | None = None, size: str | None = None, progress: bool = True,
+                 **options: Any) -> baselines.Baseline:
+    """A GAN, VAE or flow trained for ``steps`` updates on ``dataset``'s training split, from the cache.
+
+    The first call trains it (``baselines.build(family, shape, size, seed)`` then
+    ``baselines.train(model, x, steps, batch_size, lr, seed)``) and writes the checkpoint with
+    ``baselines.save_checkpoint`` to :func:`baseline_path`; later calls load it with
+    ``baselines.load``. Fixed step counts, not time budgets, so a run is the same on every machine.
+
+    :param family: "gan", "vae" or "flow". :param dataset: a ``data.load_dataset`` name.
+    :param options: family options passed to ``baselines.build`` (part of the cache key).
+    :return: the model on ``runtime.get_device()`` in eval mode; ``model.history`` holds the training
+        history (``loss`` per step, ``loss_d``/``loss_g`` for the GAN, ``wall_time`` in seconds).
+    """
+    from .data import load_dataset
+
+    if family not in baselines.FAMILIES:
+        raise ValueError(f"unknown baseline family {family!r}; choose one of {sorted(baselines.FAMILIES)}")
+    size = size or runtime.get_profile()
+    path = baseline_path(family, dataset, steps, seed, batch_size=batch_size, lr=lr, size=size, **options)
+    device = runtime.get_device()
+    if path.is_file():
+        model = baselines.load(path, map_location=device)
+    else:
+        x = load_dataset(dataset, "train").x.to(device)
+        model = baselines.build(family, tuple(x.shape[1:]), size=size, seed=seed, **options).to(device)
+        history = baselines.train(model, x, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                  progress=progress)
+        baselines.save_checkpoint(model, path, history)
+        model.history = history
+    return model.eval()
+
+
+def get_ddpm(dataset: str, steps: int, seed: int = 0, progress: bool = True, **changes: Any):
+    """A 2-D DDPM: ``train.get_trained(train.book_config("toy-ring", dataset=..., steps=..., seed=...))``
+    (the time-conditioned MLP of the ring configuration, on ``"ring"``, ``"grid"`` or ``"swissroll"``)."""
+    from . import train
+
+    return train.get_trained(train.book_config("toy-ring", dataset=dataset, steps=steps, seed=seed, **changes),
+                             progress=progress)
+
+
+# ---------------------------------------------------------------------- the 2-D study
+FAMILIES = ("gan", "vae", "flow", "ddpm")
+FAMILY_NAMES = {"gan": "GAN", "vae": "VAE", "flow": "flow", "ddpm": "DDPM"}
+# One budget for every family on the 2-D mixtures: the same number of updates on batches of the
+# same size (so every model sees the same 256,000 points), each family with its own default
+# learning rate (1e-3 for all four: the baselines' default for points and book_config("toy-ring")).
+TOY_BUDGET = {fam: {"steps": 1000, "batch_size": 256, "lr": None} for fam in FAMILIES}
+
+
+@dataclass
+class ToyRun:
+    """One trained 2-D model of any family, behind one interface.
+
+    :ivar family: "gan", "vae", "flow" or "ddpm". :ivar dataset: "ring" or "grid". :ivar seed: its seed.
+    :ivar model: the baseline, or the DDPM's ``train.TrainResult``.
+    :ivar history: ``loss`` per update (D's loss for the GAN; L_simple for the DDPM), ``loss_g`` for the GAN.
+    :ivar steps, batch_size: the training budget. :ivar train_seconds: measured training time.
+    """
+
+    family: str
+    dataset: str
+    seed: int
+    model: Any
+    history: dict
+    steps: int
+    batch_size: int
+    train_seconds: float
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[n, 2] points on the CPU: ``baselines.sample``, or DDPM's ancestral sampling over all T steps
+        (Algorithm 2 of Ho et al. 2020) with the EMA network."""
+        with torch.no_grad():
+            if self.family == "ddpm":
+                from .sampling import ddpm_sample
+
+                x = ddpm_sample(self.model.ema, self.model.diffusion, (n, *self.model.sample_shape),
+                                generator=generator)
+            else:
+                x = baselines.sample(self.model, n, generator=generator)
+        return x.float().cpu()
+
+
+def train_toy(family: str, dataset: str, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
+              progress: bool = True) -> ToyRun:
+    """Train (or load from the cache) one 2-D model with the budget of :data:`TOY_BUDGET`.
+
+    Baselines go through :func:`get_baseline`, the DDPM through :func:`get_ddpm`
+    (``book_config("toy-ring")`` with the dataset, seed, steps, batch size and learning rate changed).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    budget = TOY_BUDGET[family]
+    steps = budget["steps"] if steps is None else steps
+    batch_size = budget["batch_size"] if batch_size is None else batch_size
+    if family == "ddpm":
+        lr = {} if budget["lr"] is None else {"lr": budget["lr"]}
+        run = get_ddpm(dataset, steps, seed, progress=progress, batch_size=batch_size, **lr)
+        history = {"loss": [float(v) for v in run.history["loss"]]}
+        return ToyRun(family, dataset, seed, run, history, steps, batch_size, float(run.history["wall_time"]))
+    model = get_baseline(family, dataset, steps, seed, batch_size=batch_size, lr=budget["lr"], progress=progress)
+    return ToyRun(family, dataset, seed, model, model.history, steps, batch_size, float(model.history["wall_time"]))
+
+
+def toy_study(datasets: Sequence[str] = ("ring", "grid"), families: Sequence[str] = FAMILIES,
+              seeds: Sequence[int] = (0, 1, 2), n_samples: int = 2000, progress: bool = True) -> list[dict]:
+    """Train every family on every 2-D mixture with every seed, sample, and measure the modes.
+
+    Samples are drawn with ``torch.Generator().manual_seed(1000 + seed)``.
+    :return: one dict per run: dataset, family, seed, covered, num_modes, high_quality, mode_tv,
+        train_seconds, sample_seconds (per 1,000 points), steps, batch_size, samples [n, 2], run (:class:`ToyRun`).
+    """
+    from tqdm.auto import tqdm
+
+    from .data import load_dataset
+
+    jobs = [(ds, fam, s) for ds in datasets for fam in families for s in seeds]
+    rows = []
+    for ds, fam, seed in tqdm(jobs, desc="2-D models", disable=not progress):
+        mix = load_dataset(ds, "test")
+        run = train_toy(fam, ds, seed, progress=False)
+        x, sec = timed(lambda: run.sample(n_samples, torch.Generator().manual_seed(1000 + seed)))
+        st = mode_stats(x, mix.modes, mix.mode_std)
+        rows.append(dict(dataset=ds, family=fam, seed=seed, covered=st.covered, num_modes=st.num_modes,
+                         high_quality=st.high_quality, mode_tv=st.mode_tv, train_seconds=run.train_seconds,
+                         sample_seconds=1000 * sec / n_samples, steps=run.steps, batch_size=run.batch_size,
+                         samples=x, run=run))
+    return rows
+
+
+def toy_table(rows: list[dict]):
+    """A ``pandas.DataFrame``, one row per (dataset, family): modes covered (mean, min and max over seeds),
+    high-quality share (mean ± std), mode imbalance (total variation), training budget and seconds."""
+    import pandas as pd
+
+    out = []
+    keys = list(dict.fromkeys((r["dataset"], r["family"]) for r in rows))
+    for ds, fam in keys:
+        rs = [r for r in rows if r["dataset"] == ds and r["family"] == fam]
+        cov, hq = summarize([r["covered"] for r in rs]), summarize([r["high_quality"] for r in rs])
+        tv, sec = summarize([r["mode_tv"] for r in rs]), summarize([r["train_seconds"] for r in rs])
+        out.append({
+            "data": ds, "model": FAMILY_NAMES[fam], "seeds": cov["n"],
+            "modes covered": f"{cov['mean']:.1f} of {rs[0]['num_modes']} (min {cov['min']:.0f}, max {cov['max']:.0f})",
+            "high-quality share": f"{hq['mean']:.1%} ± {hq['std']:.1%}",
+            "imbalance (TV)": f"{tv['mean']:.2f} ± {tv['std']:.2f}",
+            "updates x batch": f"{rs[0]['steps']:,} x {rs[0]['batch_size']}",
+            "train s (mean)": round(sec["mean"], 1),
+        })
+    return pd.DataFrame(out).set_index(["data", "model"])
+
+
+# ---------------------------------------------------------------------- the image study
+def image_baselines(config, families: Sequence[str] = ("gan", "vae", "flow"), seed: int = 0,
+                    progress: bool = True) -> dict[str, baselines.Baseline]:
+    """GAN, VAE and flow trained on the DDPM's data with the DDPM's budget: the same number of
+    updates (``config.steps``) on batches of the same size (``config.batch_size``), so every model
+    sees the same training images. Cached by :func:`get_baseline`.
+
+    :param config: the DDPM's ``train.TrainConfig`` (e.g. ``train.book_config("mnist5k")``).
+    """
+    return {fam: get_baseline(fam, config.dataset, config.steps, seed, batch_size=config.batch_size,
+                              progress=progress) for fam in families}
+
+
+def sample_baseline(model: baselines.Baseline, n: int, seed: int = 0, batch_size: int = 500) -> tuple[torch.Tensor, float]:
+    """``n`` samples [n, C, H, W] on the CPU and the seconds per sample (one network pass each)."""
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+
+    def run():
+        return torch.cat([baselines.sample(model, min(batch_size, n - i), generator=gen).cpu()
+                          for i in range(0, n, batch_size)])
+
+    x, sec = timed(run)
+    return x, sec / n
+
+
+def baseline_bits_per_dim(model: baselines.Baseline, x: torch.Tensor, seed: int = 0,
+                          iw_samples: int = 64) -> dict[str, Any]:
+    """Bits/dim of 8-bit test images under a baseline, as comparable as the families allow.
+
+    VAE: the importance-weighted bound L_k with ``k = iw_samples`` (Burda et al. 2016), an upper
+    bound on the NLL. Flow: the exact change of variables of the uniformly dequantized data, an
+    upper bound on the discrete NLL (Theis et al. 2016). GAN: no likelihood (``bpd`` None).
+
+    :return: ``bpd`` (mean), ``bpd_se`` (standard error over images), ``per_image`` [N] (or None),
+        ``method`` (a phrase), ``seconds``.
+    """
+    if model.family == "gan":
+        return {"bpd": None, "bpd_se": None, "per_image": None, "seconds": 0.0,
+                "method": "none: a GAN defines no likelihood"}
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    iw = iw_samples if model.family == "vae" else None
+    per, sec = timed(lambda: baselines.bits_per_dim(model, x, generator=gen, iw_samples=iw).double())
+    method = (f"importance-weighted bound, k = {iw_samples}" if model.family == "vae"
+              else "exact (dequantized) change of variables")
+    se = float(per.std() / math.sqrt(len(per))) if len(per) > 1 else float("nan")
+    return {"bpd": float(per.mean()), "bpd_se": se, "per_image": per, "method": method, "seconds": sec}
+
+
+def image_table(rows: list[dict]):
+    """A ``pandas.DataFrame`` of the image study, one row per model.
+
+    :param rows: dicts with ``model``, ``eval`` (an ``evaluation.EvalResult``), ``bpd`` (a dict
+        from :func:`baseline_bits_per_dim` or ``evaluation.bits_per_dim``), ``train_seconds``,
+        ``updates`` (e.g. "700 x 32"), ``sample_seconds`` (per image) and ``sampler``.
+    """
+    import pandas as pd
+
+    out = []
+    for r in rows:
+        e, b = r["eval"], r.get("bpd") or {}
+        bpd = "none" if b.get("bpd") is None else f"{b['bpd']:.2f} ± {b['bpd_se']:.2f}"
+        out.append({
+            "model": r["model"], "FID": round(e.fid, 2), "IS": round(e.is_mean, 2),
+            "KID x 1e3": f"{1e3 * e.kid_mean:.1f} ± {1e3 * e.kid_std:.1f}",
+            "bits/dim (test)": bpd, "training": r.get("updates", ""),
+            "train s": None if r.get("train_seconds") is None else round(r["train_seconds"], 1),
+            "ms per sample": round(1e3 * r["sample_seconds"], 2) if r.get("sample_seconds") is not None else None,
+            "sampled with": r.get("sampler", ""),
+        })
+    return pd.DataFrame(out).set_index("model")
+
+
+def agree(first: bool, second: bool) -> str:
+    """Verdict of a statement checked by two measures: "yes" (both hold), "no" (neither) or "mixed"."""
+    return "yes" if first and second else "no" if not (first or second) else "mixed"
+
+
+def report_verdicts(toy: list[dict], fid: dict[str, float], kid: dict[str, float],
+                    bpd: dict[str, float | None]) -> dict[str, tuple[bool | str, str]]:
+    """The report's statements about GANs, VAEs, flows and diffusion, each checked by a stated rule.
+
+    :param toy: rows of :func:`toy_study` (every family, mixture and seed).
+    :param fid, kid: FID and KID of each family's image samples (keys "gan", "vae", "flow", "ddpm").
+    :param bpd: bits/dim of each family on the same test images (None for the GAN).
+    :return: ``{statement: (verdict, rule)}``; sample-quality statements need FID and KID to agree
+        (:func:`agree`), the others are True/False. Feed it to :func:`claims_frame`.
+    """
+    mixtures = list(dict.fromkeys(r["dataset"] for r in toy))
+    modes = {r["dataset"]: r["num_modes"] for r in toy}
+
+    def per_seed(ds, fam, key):
+        return [r[key] for r in toy if r["dataset"] == ds and r["family"] == fam]
+
+    worst = {(ds, f): min(per_seed(ds, f, "covered")) for ds in mixtures for f in FAMILIES}
+    spread = {(ds, f): summarize(per_seed(ds, f, "high_quality"))["std"] for ds in mixtures for f in FAMILIES}
+    others = [f for f in FAMILIES if f != "gan"]
+
+    def both(better):  # a sample-quality statement holds if FID and KID both say so
+        return agree(better(fid), better(kid))
+
+    return {
+        "GANs cover fewer modes": (
+            any(worst[ds, "gan"] < min(worst[ds, f] for f in others) for ds in mixtures),
+            "on some mixture the GAN's worst seed covers fewer modes than every other family's"),
+        "GAN training is unstable": (
+            all(spread[ds, "gan"] == max(spread[ds, f] for f in FAMILIES) for ds in mixtures),
+            "the GAN's HQ share varies most over seeds, on every mixture"),
+        "VAEs give blurrier samples": (
+            both(lambda m: m["vae"] == max(m[f] for f in FAMILIES)), "the VAE's FID and KID are the highest of the four"),
+        "flows give weaker samples": (
+            both(lambda m: m["flow"] > max(m["gan"], m["ddpm"])), "the flow's FID and KID are above the GAN's and the DDPM's"),
+        "diffusion covers all modes": (
+            all(worst[ds, "ddpm"] == modes[ds] for ds in mixtures), "every DDPM seed covers every mode of every mixture"),
+        "diffusion samples match GANs": (
+            both(lambda m: m["ddpm"] <= m["gan"]), "the DDPM's FID and KID are at most the GAN's"),
+        "diffusion gives a likelihood": (
+            bpd["ddpm"] is not None and bpd["ddpm"] < 8.0,
+            "the DDPM's bound is below 8 bits/dim (the cost of storing raw pixels)"),
+        "diffusion's likelihood matches VAEs and flows": (
+            bpd["ddpm"] is not None and bpd["ddpm"] <= max(bpd["vae"], bpd["flow"]),
+            "the DDPM's bound is at most the VAE's or the flow's, on the same test digits"),
+    }
+
+
+def claims_frame(verdicts: dict[str, tuple[bool | str, str]]):
+    """A ``pandas.DataFrame`` of the report's statements: ``{statement: (verdict, rule)}``, the verdict
+    a bool or a word such as :func:`agree` gives -> columns ``rule`` and ``supported here``."""
+    import pandas as pd
+
+    def word(v):
+        return v if isinstance(v, str) else ("yes" if v else "no")
+
+    rows = [{"statement (report)": s, "rule (book's measurements)": rule, "supported here": word(v)}
+            for s, (v, rule) in verdicts.items()]
+    return pd.DataFrame(rows).set_index("statement (report)")

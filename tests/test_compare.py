@@ -1,0 +1,137 @@
+"""Tests of ddpm_core.compare: mode coverage and sample quality on 2-D mixtures, seed summaries,
+the cache of trained baselines."""
+import math
+
+import pytest
+import torch
+
+from ddpm_core import baselines, compare, data
+
+RING = data.load_dataset("ring", n=10)  # only the modes and their std are used
+MODES, STD = RING.modes, RING.mode_std
+
+
+def around(mode: int, n: int, radius: float, seed: int = 0) -> torch.Tensor:
+    """n points at distance exactly ``radius`` from mode ``mode``, at random angles."""
+    angle = 2 * math.pi * torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    return MODES[mode] + radius * torch.stack([angle.cos(), angle.sin()], 1)
+
+
+def test_data_from_the_mixture_covers_every_mode_with_high_quality():
+    ring = data.load_dataset("ring", split="test")
+    st = compare.mode_stats(ring.x, ring.modes, ring.mode_std)
+    assert st.num_modes == 8 and st.covered == 8
+    # 1 - exp(-9/2) = 98.9 % of an isotropic 2-D Gaussian lies within 3 std of its centre
+    assert abs(st.high_quality - (1 - math.exp(-4.5))) < 0.01
+    assert st.mode_tv < 0.05
+    grid = data.load_dataset("grid", split="test")
+    assert compare.mode_stats(grid.x, grid.modes, grid.mode_std).covered == 25
+
+
+def test_samples_on_one_mode_cover_exactly_that_mode():
+    x = around(3, 400, 0.5 * STD)
+    st = compare.mode_stats(x, MODES, STD)
+    assert st.covered == 1 and st.high_quality == 1.0
+    assert st.counts.tolist() == [0, 0, 0, 400, 0, 0, 0, 0]
+    assert st.covered_mask.tolist() == [False, False, False, True, False, False, False, False]
+    assert st.mode_tv == pytest.approx(7 / 8)
+
+
+def test_outliers_lower_the_quality_share_but_not_the_coverage():
+    good = torch.cat([around(k, 30, 2.9 * STD, seed=k) for k in range(8)])      # 240 just inside 3 std
+    bad = torch.cat([around(k, 20, 3.1 * STD, seed=10 + k) for k in range(8)])  # 160 just outside
+    st = compare.mode_stats(torch.cat([good, bad]), MODES, STD)
+    assert st.covered == 8
+    assert st.high_quality == pytest.approx(240 / 400)
+    assert st.counts.tolist() == [30] * 8
+    # the origin is 0.8 from every mode: no mode, no quality
+    st0 = compare.mode_stats(torch.zeros(50, 2), MODES, STD)
+    assert st0.covered == 0 and st0.high_quality == 0.0 and math.isnan(st0.mode_tv)
+
+
+def test_a_mode_needs_its_minimum_share_to_count_as_covered():
+    # 800 samples: the expected count per mode is 100; min_fraction 0.1 asks for 10
+    x = torch.cat([around(0, 791, 0.1), around(1, 9, 0.1)])
+    assert compare.mode_stats(x, MODES, STD).covered == 1
+    x = torch.cat([around(0, 790, 0.1), around(1, 10, 0.1)])
+    assert compare.mode_stats(x, MODES, STD).covered == 2
+    assert compare.mode_stats(x, MODES, STD, min_fraction=0.2).covered == 1
+    assert compare.mode_stats(x, MODES, STD, n_std=1.0).covered == 0  # 0.1 is 2 std away
+
+
+def test_nearest_mode_and_input_checks():
+    idx, dist = compare.nearest_mode(torch.tensor([[0.8, 0.0], [0.0, -0.7]]), MODES)
+    assert idx.tolist() == [0, 6] and torch.allclose(dist, torch.tensor([0.0, 0.1], dtype=torch.float64))
+    with pytest.raises(ValueError, match="coordinates"):
+        compare.nearest_mode(torch.zeros(3, 3), MODES)
+    with pytest.raises(ValueError, match="NaN"):
+        compare.mode_stats(torch.full((3, 2), float("nan")), MODES, STD)
+    with pytest.raises(ValueError, match="min_fraction"):
+        compare.mode_stats(torch.zeros(3, 2), MODES, STD, min_fraction=2)
+
+
+def test_summarize_over_seeds():
+    s = compare.summarize([1.0, 2.0, 3.0])
+    assert s == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert compare.summarize([5])["std"] == 0.0
+    with pytest.raises(ValueError):
+        compare.summarize([])
+
+
+def test_baseline_cache_round_trips(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    first = compare.get_baseline("vae", "ring", steps=20, seed=3, batch_size=64, progress=False, size="cpu")
+    path = compare.baseline_path("vae", "ring", 20, 3, batch_size=64, size="cpu")
+    assert path.is_file() and path.parent == tmp_path / "baselines"
+    assert path.name.startswith("vae-ring-20steps-seed3-")
+    assert len(first.history["loss"]) == 20 and first.history["steps"] == 20
+
+    def explode(*a, **k):
+        raise AssertionError("a cached baseline must not be trained again")
+
+    monkeypatch.setattr(baselines, "train", explode)
+    again = compare.get_baseline("vae", "ring", steps=20, seed=3, batch_size=64, progress=False, size="cpu")
+    assert again.history["loss"] == first.history["loss"]
+    for (k, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a.cpu(), b.cpu()), k
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(baselines.sample(first, 5, g1), baselines.sample(again, 5, g2))
+    # any changed setting is another model
+    assert compare.baseline_path("vae", "ring", 20, 4, batch_size=64, size="cpu") != path
+    assert compare.baseline_path("vae", "ring", 21, 3, batch_size=64, size="cpu") != path
+    assert compare.baseline_path("gan", "ring", 20, 3, batch_size=64, size="cpu") != path
+    with pytest.raises(ValueError, match="family"):
+        compare.get_baseline("pixelcnn", "ring", steps=1)
+
+
+def test_verdicts_of_two_measures_and_the_claims_frame():
+    assert compare.agree(True, True) == "yes" and compare.agree(False, False) == "no"
+    assert compare.agree(True, False) == "mixed" == compare.agree(False, True)
+    frame = compare.claims_frame({"a": (True, "rule a"), "b": (False, "rule b"), "c": ("mixed", "rule c")})
+    assert frame["supported here"].tolist() == ["yes", "no", "mixed"]
+    assert frame.loc["b", "rule (book's measurements)"] == "rule b"
+
+
+def toy_rows(covered: dict, hq: dict, num_modes: int = 8) -> list[dict]:
+    """Rows as toy_study returns them, from {family: [covered per seed]} and {family: [hq per seed]}."""
+    return [dict(dataset="ring", family=f, seed=s, covered=c, num_modes=num_modes, high_quality=h)
+            for f in compare.FAMILIES for s, (c, h) in enumerate(zip(covered[f], hq[f]))]
+
+
+def test_report_verdicts_follow_their_rules():
+    rows = toy_rows({"gan": [8, 5, 8], "vae": [8, 8, 8], "flow": [8, 8, 7], "ddpm": [8, 8, 8]},
+                    {"gan": [0.9, 0.4, 0.7], "vae": [0.4, 0.42, 0.41], "flow": [0.6, 0.62, 0.6], "ddpm": [0.5, 0.5, 0.52]})
+    fid = {"gan": 20.0, "vae": 50.0, "flow": 35.0, "ddpm": 30.0}
+    kid = {"gan": 0.2, "vae": 0.8, "flow": 0.3, "ddpm": 0.7}   # flow vs DDPM: KID disagrees with FID
+    bpd = {"gan": None, "vae": 1.6, "flow": 1.8, "ddpm": 2.1}
+    v = {k: ok for k, (ok, _) in compare.report_verdicts(rows, fid, kid, bpd).items()}
+    assert v["GANs cover fewer modes"] is True and v["GAN training is unstable"] is True
+    assert v["VAEs give blurrier samples"] == "yes" and v["flows give weaker samples"] == "mixed"
+    assert v["diffusion covers all modes"] is True and v["diffusion samples match GANs"] == "no"
+    assert v["diffusion gives a likelihood"] is True and v["diffusion's likelihood matches VAEs and flows"] is False
+    # a DDPM that drops a mode, a GAN that does not, and a DDPM ahead of the GAN by both metrics
+    rows = toy_rows({"gan": [8, 8, 8], "vae": [8, 8, 8], "flow": [8, 8, 8], "ddpm": [8, 7, 8]},
+                    {"gan": [0.9, 0.9, 0.9], "vae": [0.4, 0.5, 0.6], "flow": [0.6, 0.6, 0.6], "ddpm": [0.5, 0.5, 0.5]})
+    v = {k: ok for k, (ok, _) in compare.report_verdicts(rows, {**fid, "ddpm": 10.0}, {**kid, "ddpm": 0.1}, bpd).items()}
+    assert v["GANs cover fewer modes"] is False and v["GAN training is unstable"] is False
+    assert v["diffusion covers all modes"] is False and v["diffusion samples match GANs"] == "yes"
