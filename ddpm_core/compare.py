@@ -184,7 +184,7 @@ def get_baseline(family: str, dataset: str, steps: int, seed: int = 0, batch_siz
     path = baseline_path(family, dataset, steps, seed, batch_size=batch_size, lr=lr, size=size, **options)
     device = runtime.get_device()
     if path.is_file():
-        model = baselines.load(path, map_location=device)
+        model = baselines.load(path).to(device)
     else:
         x = load_dataset(dataset, "train").x.to(device)
         model = baselines.build(family, tuple(x.shape[1:]), size=size, seed=seed, **options).to(device)
@@ -271,7 +271,7 @@ def toy_study(datasets: Sequence[str] = ("ring", "grid"), families: Sequence[str
               seeds: Sequence[int] = (0, 1, 2), n_samples: int = 2000, progress: bool = True) -> list[dict]:
     """Train every family on every 2-D mixture with every seed, sample, and measure the modes.
 
-    Samples are drawn with ``torch.Generator().manual_seed(1000 + seed)``.
+    Samples are drawn with a generator seeded ``1000 + seed`` on ``runtime.get_device()``.
     :return: one dict per run: dataset, family, seed, covered, num_modes, high_quality, mode_tv,
         train_seconds, sample_seconds (per 1,000 points), steps, batch_size, samples [n, 2], run (:class:`ToyRun`).
     """
@@ -284,7 +284,8 @@ def toy_study(datasets: Sequence[str] = ("ring", "grid"), families: Sequence[str
     for ds, fam, seed in tqdm(jobs, desc="2-D models", disable=not progress):
         mix = load_dataset(ds, "test")
         run = train_toy(fam, ds, seed, progress=False)
-        x, sec = timed(lambda: run.sample(n_samples, torch.Generator().manual_seed(1000 + seed)))
+        gen = torch.Generator(device=runtime.get_device()).manual_seed(1000 + seed)  # on the models' device
+        x, sec = timed(lambda: run.sample(n_samples, gen))
         st = mode_stats(x, mix.modes, mix.mode_std)
         rows.append(dict(dataset=ds, family=fam, seed=seed, covered=st.covered, num_modes=st.num_modes,
                          high_quality=st.high_quality, mode_tv=st.mode_tv, train_seconds=run.train_seconds,
