@@ -20,5 +20,18 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import matplotlib  # noqa: E402
+import pytest  # noqa: E402
 
 matplotlib.use("Agg")  # this test process only; notebook kernels keep their inline backend
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models run faster and steadier on a shared 2-core machine without OpenMP barriers."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

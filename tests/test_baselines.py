@@ -8,13 +8,7 @@ from ddpm_core import baselines
 from ddpm_core.baselines import NoLikelihoodError, discretized_logistic_log_prob, vae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP barrier stalls on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ring(n, seed=0):

@@ -11,12 +11,7 @@ from ddpm_core import train as tr
 from ddpm_core.__main__ import build_parser, main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(parser) -> list[str]:

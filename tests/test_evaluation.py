@@ -10,12 +10,7 @@ from ddpm_core import data, diffusion, evaluation, schedules, toy, train, unet
 from ddpm_core.features import ClassifierConfig, get_extractor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions: threads only spin against each other here
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

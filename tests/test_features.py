@@ -14,14 +14,7 @@ from ddpm_core.metrics import FeatureStats, fid_from_stats, kid
 FAST = ClassifierConfig(epochs=1)  # ~96 % on mnist5k in a few seconds: enough to rank FIDs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a shared 2-core CPU two intra-op threads spin against each other: Inception's forward
-    # took 10 s with 2 threads and 1 s with 1. The numbers under test do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

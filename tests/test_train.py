@@ -21,13 +21,7 @@ def toy(**changes) -> tr.TrainConfig:
     return tr.TrainConfig(**{**TOY, **changes})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster (and steadier on a shared 2-core machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state_of(result_or_ckpt) -> dict:
