@@ -456,6 +456,8 @@ def _distributed_setup(config: TrainConfig):
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
     if device.type == "cuda":
+        if device.index is None:  # set_device needs an index: "cuda" means the current device
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return rank, world, device, created
 

@@ -331,3 +331,15 @@ def test_training_leaves_the_callers_random_state_alone():
     torch.manual_seed(123)
     tr.train(toy(steps=2, dropout=0.1), progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_cuda_device_without_index_is_set_to_the_current_device(monkeypatch):
+    """``device="cuda"`` carries no index; torch.cuda.set_device refuses such a device, so the setup
+    must resolve it to the current CUDA device first (checked here with the CUDA calls faked)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    rank, world, device, created = tr._distributed_setup(toy(device="cuda"))
+    assert (rank, world, created) == (0, 1, False)
+    assert device == torch.device("cuda", 0) and calls == [torch.device("cuda", 0)]
