@@ -10,7 +10,7 @@ on a loaded CPU the CPU-time ratio is the steadier one.
 
 What is measured:
   training   one update as the trainer does it: forward, L_simple, backward, gradient clipping,
-             Adam (fused on CUDA, foreach on the CPU) and the foreach EMA update; images / s.
+             Adam (fused, as ddpm_core.train) and the foreach EMA update; images / s.
   sampling   one ancestral reverse step (``sampling.ddpm_step``) under ``torch.inference_mode``;
              images / s per reverse step.
   evaluation the exact bits/dim (``GaussianDiffusion.bpd``, T network calls) against a strided
@@ -221,7 +221,7 @@ def make_train_step(fn: Callable, net: nn.Module, d: _diffusion.GaussianDiffusio
     device = x0.device
     params = [p for p in net.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")  # as ddpm_core.train
     opt = torch.optim.Adam(params, lr=1e-4, fused=fused or None, foreach=None if fused else True)
     gen = torch.Generator(device).manual_seed(seed)
 

@@ -267,6 +267,23 @@ def train_toy(family: str, dataset: str, seed: int = 0, steps: int | None = None
     return ToyRun(family, dataset, seed, model, model.history, steps, batch_size, float(model.history["wall_time"]))
 
 
+def _toy_cached(family: str, dataset: str, seed: int) -> bool:
+    """Whether :func:`train_toy` with the default budget would only load from the cache."""
+    from . import train
+
+    budget = TOY_BUDGET[family]
+    if family == "ddpm":
+        lr = {} if budget["lr"] is None else {"lr": budget["lr"]}
+        return train.is_cached(train.book_config("toy-ring", dataset=dataset, steps=budget["steps"], seed=seed,
+                                                 batch_size=budget["batch_size"], **lr))
+    return baseline_path(family, dataset, budget["steps"], seed, batch_size=budget["batch_size"], lr=budget["lr"],
+                         size=runtime.get_profile()).is_file()
+
+
+def _toy_to_cache(family: str, dataset: str, seed: int) -> None:
+    train_toy(family, dataset, seed, progress=False)
+
+
 def toy_study(datasets: Sequence[str] = ("ring", "grid"), families: Sequence[str] = FAMILIES,
               seeds: Sequence[int] = (0, 1, 2), n_samples: int = 2000, progress: bool = True) -> list[dict]:
     """Train every family on every 2-D mixture with every seed, sample, and measure the modes.
@@ -280,6 +297,9 @@ def toy_study(datasets: Sequence[str] = ("ring", "grid"), families: Sequence[str
     from .data import load_dataset
 
     jobs = [(ds, fam, s) for ds in datasets for fam in families for s in seeds]
+    missing = [(fam, ds, s) for ds, fam, s in jobs if not _toy_cached(fam, ds, s)]
+    if len(missing) > 1:  # train the missing ones side by side (one process per core), then load below
+        runtime.prefetch(_toy_to_cache, missing, desc="2-D models", progress=progress)
     rows = []
     for ds, fam, seed in tqdm(jobs, desc="2-D models", disable=not progress):
         mix = load_dataset(ds, "test")

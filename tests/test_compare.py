@@ -135,3 +135,16 @@ def test_report_verdicts_follow_their_rules():
     v = {k: ok for k, (ok, _) in compare.report_verdicts(rows, {**fid, "ddpm": 10.0}, {**kid, "ddpm": 0.1}, bpd).items()}
     assert v["GANs cover fewer modes"] is False and v["GAN training is unstable"] is False
     assert v["diffusion covers all modes"] is False and v["diffusion samples match GANs"] == "yes"
+
+
+def test_toy_cache_check_matches_what_train_toy_stores(tmp_path, monkeypatch):
+    """toy_study trains only the runs that _toy_cached reports missing (in worker processes), so the
+    check must agree with where train_toy puts each family's model."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    monkeypatch.setenv("DDPM_WORKERS", "1")
+    monkeypatch.setattr(compare, "TOY_BUDGET", {f: {"steps": 4, "batch_size": 16, "lr": None} for f in compare.FAMILIES})
+    for fam in compare.FAMILIES:
+        assert not compare._toy_cached(fam, "ring", 0)
+        run = compare.train_toy(fam, "ring", 0, progress=False)
+        assert run.steps == 4 and compare._toy_cached(fam, "ring", 0), fam
+        assert not compare._toy_cached(fam, "ring", 1) and not compare._toy_cached(fam, "grid", 0)

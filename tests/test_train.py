@@ -343,3 +343,39 @@ def test_cuda_device_without_index_is_set_to_the_current_device(monkeypatch):
     rank, world, device, created = tr._distributed_setup(toy(device="cuda"))
     assert (rank, world, created) == (0, 1, False)
     assert device == torch.device("cuda", 0) and calls == [torch.device("cuda", 0)]
+
+
+@pytest.mark.slow
+def test_models_trained_side_by_side_in_workers_equal_in_process_training(tmp_path, monkeypatch):
+    """get_trained_many trains the missing runs in two worker processes (one thread each); the cached
+    models are bit for bit those that one-thread training in this process gives."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DDPM_WORKERS", "2")
+    configs = [toy(seed=5), toy(seed=6)]
+    updates = []
+    real_update = tr._Trainer.update
+    monkeypatch.setattr(tr._Trainer, "update", lambda self, fn: updates.append(1) or real_update(self, fn))
+    results = tr.get_trained_many(configs, progress=False)
+    assert not updates  # both were trained in the workers; this process only loaded them
+    assert all(tr.is_cached(c) for c in configs)
+    for config, result in zip(configs, results):
+        assert result.step == config.steps
+        here = tr.train(config, out_dir=None, progress=False)  # this module runs with one thread
+        for name in ("model", "ema"):
+            for (k, a), b in zip(getattr(result, name).state_dict().items(), getattr(here, name).state_dict().values()):
+                assert torch.equal(a, b), f"{name}.{k} differs"
+    assert not torch.equal(next(iter(results[0].ema.state_dict().values())),
+                           next(iter(results[1].ema.state_dict().values())))  # two different seeds
+
+
+def test_prefetch_reports_failures_and_respects_ddpm_workers(monkeypatch):
+    from ddpm_core import runtime
+
+    monkeypatch.setenv("DDPM_WORKERS", "1")
+    assert runtime.workers(5) == 1 and runtime.prefetch(math.sqrt, [(4.0,), (9.0,)], progress=False) == [None, None]
+    monkeypatch.setenv("DDPM_WORKERS", "2")
+    assert runtime.workers(1) == 1 and runtime.workers(7) == 2
+    assert runtime.prefetch(math.sqrt, [(4.0,), (-1.0,)], progress=False) == [2.0, "ValueError: math domain error"]
+    monkeypatch.setenv("DDPM_WORKERS", "two")
+    with pytest.raises(ValueError, match="DDPM_WORKERS"):
+        runtime.workers(3)
