@@ -401,8 +401,9 @@ def image_table(rows: list[dict]):
             "model": r["model"], "FID": round(e.fid, 2), "IS": round(e.is_mean, 2),
             "KID x 1e3": f"{1e3 * e.kid_mean:.1f} ± {1e3 * e.kid_std:.1f}",
             "bits/dim (test)": bpd, "training": r.get("updates", ""),
-            "train s": None if r.get("train_seconds") is None else round(r["train_seconds"], 1),
-            "ms per sample": round(1e3 * r["sample_seconds"], 2) if r.get("sample_seconds") is not None else None,
+            # "" where a row has no training or sampling (test digits, noise): no NaN in the table
+            "train s": "" if r.get("train_seconds") is None else f"{r['train_seconds']:.1f}",
+            "ms per sample": "" if r.get("sample_seconds") is None else f"{1e3 * r['sample_seconds']:.2f}",
             "sampled with": r.get("sampler", ""),
         })
     return pd.DataFrame(out).set_index("model")

@@ -148,3 +148,17 @@ def test_toy_cache_check_matches_what_train_toy_stores(tmp_path, monkeypatch):
         run = compare.train_toy(fam, "ring", 0, progress=False)
         assert run.steps == 4 and compare._toy_cached(fam, "ring", 0), fam
         assert not compare._toy_cached(fam, "ring", 1) and not compare._toy_cached(fam, "grid", 0)
+
+
+def test_image_table_leaves_cells_blank_where_a_row_has_no_training():
+    from types import SimpleNamespace
+
+    e = SimpleNamespace(fid=12.345, is_mean=3.21, kid_mean=0.0123, kid_std=0.002)
+    table = compare.image_table([
+        dict(model="DDPM", eval=e, bpd={"bpd": 2.0, "bpd_se": 0.1}, train_seconds=270.55, updates="700 x 32",
+             sample_seconds=0.1, sampler="50 ancestral steps"),
+        dict(model="noise", eval=e)])
+    assert table.loc["DDPM", "train s"] == "270.6" and table.loc["DDPM", "ms per sample"] == "100.00"
+    assert table.loc["DDPM", "bits/dim (test)"] == "2.00 ± 0.10" and table.loc["DDPM", "KID x 1e3"] == "12.3 ± 2.0"
+    assert table.loc["noise", "train s"] == "" and table.loc["noise", "ms per sample"] == ""
+    assert table.loc["noise", "bits/dim (test)"] == "none" and not table.isna().any().any()
