@@ -671,7 +671,14 @@ def saved_results(kind: str = "cpu", folder: str | Path | None = None) -> list[t
     if folder is None:
         candidates = [Path(__file__).resolve().parent.parent / "benchmarks", Path.cwd().parent / "benchmarks",
                       Path.cwd() / "benchmarks"]
-        folder = next((c for c in candidates if c.is_dir()), candidates[0])
+        folder = next((c for c in candidates if c.is_dir()), None)
+        if folder is None:  # an installed copy (Colab): the saved runs live in the book's repository
+            from . import runtime
+
+            folder = runtime.cache_dir() / "benchmarks"
+            folder.mkdir(parents=True, exist_ok=True)
+            if not any(folder.glob(f"{kind}-*.json")):
+                download_saved_results(kind, folder)
     folder = Path(folder)
     out = []
     for path in folder.glob(f"{kind}-*.json"):
@@ -681,6 +688,31 @@ def saved_results(kind: str = "cpu", folder: str | Path | None = None) -> list[t
                              f"expected {SCHEMA!r}); re-run python -m ddpm_core.bench")
         out.append((path, result))
     return sorted(out, key=lambda pr: pr[1]["machine"]["date"])
+
+
+REPOSITORY = "https://github.com/ddpm-book/ddpm-book"  # the book's repository (_config.yml: repository.url)
+
+
+def download_saved_results(kind: str, folder: Path, repository: str = REPOSITORY, timeout: float = 20.0) -> int:
+    """Copy ``benchmarks/<kind>-*.json`` of the book's repository into ``folder`` (where there is
+    internet, e.g. Colab, whose installed package has no ``benchmarks/``). :return: files written
+    (0 offline: nothing is raised, the caller finds no results)."""
+    import urllib.request
+
+    api = repository.rstrip("/").replace("https://github.com/", "https://api.github.com/repos/") + "/contents/benchmarks"
+    written = 0
+    try:
+        with urllib.request.urlopen(api, timeout=timeout) as response:
+            listing = json.load(response)
+        for item in listing:
+            name = str(item.get("name", ""))
+            if name.startswith(f"{kind}-") and name.endswith(".json") and "/" not in name:
+                with urllib.request.urlopen(item["download_url"], timeout=timeout) as response:
+                    (Path(folder) / name).write_bytes(response.read())
+                written += 1
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return written
 
 
 def default_output(result: dict) -> Path:

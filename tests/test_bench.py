@@ -1,6 +1,7 @@
 """Tests of ddpm_core.bench: the diffusers twin of every preset, the end-to-end benchmark on a tiny
 configuration (table and JSON), and the strided bits/dim estimate."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,41 @@ def test_evaluation_cost_reports_exact_and_strided_bpd_and_feature_batches():
     assert b["exact"]["calls"] == 30 and b["strided"][0]["calls"] == 1 + len(range(1, 30, 5)) == 7
     assert b["exact"]["bpd"] > 0 and b["strided"][0]["speedup"] > 0
     assert [x["batch_size"] for x in f["batches"]] == [1, 32, 256] and f["speedup"] > 0
+
+
+def test_saved_results_of_an_installed_copy_come_from_the_repository(tmp_path, monkeypatch):
+    """Colab installs the package without benchmarks/: saved_results then downloads the saved runs
+    of the book's repository into the cache (here from a fake GitHub), and finds none offline."""
+    import io
+    import urllib.request
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "_config.yml").read_text())
+    assert bench.REPOSITORY == config["repository"]["url"].rstrip("/")
+    saved = json.dumps({"schema": bench.SCHEMA, "machine": {"date": "2026-01-02T00:00:00"}}).encode()
+    api = "https://api.github.com/repos/ddpm-book/ddpm-book/contents/benchmarks"
+    files = {api: json.dumps([{"name": "cpu-2026-01-02.json", "download_url": "https://raw/cpu-2026-01-02.json"},
+                              {"name": "gpu-2026-01-02.json", "download_url": "https://raw/gpu-2026-01-02.json"},
+                              {"name": "README.md", "download_url": "https://raw/README.md"}]).encode(),
+             "https://raw/cpu-2026-01-02.json": saved}
+    asked = []
+
+    def fake_urlopen(url, timeout=None):
+        asked.append(url)
+        if url not in files:
+            raise OSError(f"no route to {url}")
+        return io.BytesIO(files[url])
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "site" / "ddpm_core" / "bench.py"))  # no benchmarks/ beside it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    results = bench.saved_results("cpu")
+    assert [p.name for p, _ in results] == ["cpu-2026-01-02.json"] and results[0][1]["schema"] == bench.SCHEMA
+    assert (tmp_path / "cache" / "benchmarks" / "cpu-2026-01-02.json").read_bytes() == saved
+    asked.clear()
+    assert len(bench.saved_results("cpu")) == 1 and not asked  # cached: no second download
+    assert bench.saved_results("gpu") == []                    # the listed file cannot be fetched: none, no error
+    files.clear()
+    assert bench.download_saved_results("cpu", tmp_path) == 0   # offline
