@@ -557,9 +557,7 @@ def load_ablations(configs: dict | None = None, progress: bool = True) -> dict:
     """
     configs = ablation_configs() if configs is None else configs
     runs = {}
-    missing = [c for c in configs.values() if not _train.is_cached(c)]
-    if len(missing) > 1:  # train them side by side first (one process per core), then load
-        _runtime.prefetch(_train._train_to_cache, [(c,) for c in missing], desc="ablations", progress=progress)
+    _train.train_missing(list(configs.values()), desc="ablations", progress=progress)  # side by side, then load
     for name, cfg in configs.items():
         try:
             runs[name] = _train.get_trained(cfg, progress=progress)

@@ -806,16 +806,21 @@ def _train_to_cache(config: TrainConfig) -> int:
     return get_trained(config, progress=False).step
 
 
-def get_trained_many(configs: list[TrainConfig], progress: bool = True) -> list[TrainResult]:
-    """``[get_trained(c) for c in configs]``, but the runs missing from the cache are first trained
-    side by side, one process per CPU core with one thread each (``runtime.prefetch``; the cpu
-    profile only). Small models (the 8x8-digit ablations, 2-D toys) train as fast on one thread as on
-    two, so on two cores this halves the wall time. A run that fails in a worker is trained again
-    here and raises as ``get_trained`` would."""
+def train_missing(configs: list[TrainConfig], desc: str = "training", progress: bool = True) -> None:
+    """Train the runs of ``configs`` that the cache lacks side by side, one process per CPU core with
+    one thread each (``runtime.prefetch``; the cpu profile only), so that ``get_trained`` then only
+    loads them. Small models (the 8x8-digit ablations, 2-D toys) train as fast on one thread as on
+    two, so on two cores this halves the wall time. A run that fails in a worker stays missing:
+    ``get_trained`` trains it again in the caller's process and raises there."""
     unique = {cached_run_dir(c): c for c in configs}
     missing = [c for c in unique.values() if not is_cached(c)]
     if len(missing) > 1:
-        runtime.prefetch(_train_to_cache, [(c,) for c in missing], desc="training", progress=progress)
+        runtime.prefetch(_train_to_cache, [(c,) for c in missing], desc=desc, progress=progress)
+
+
+def get_trained_many(configs: list[TrainConfig], progress: bool = True) -> list[TrainResult]:
+    """``[get_trained(c) for c in configs]``, the missing runs trained side by side first (:func:`train_missing`)."""
+    train_missing(configs, progress=progress)
     return [get_trained(c, progress=progress) for c in configs]
 
 
