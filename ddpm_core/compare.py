@@ -200,8 +200,14 @@ def get_ddpm(dataset: str, steps: int, seed: int = 0, progress: bool = True, **c
     (the time-conditioned MLP of the ring configuration, on ``"ring"``, ``"grid"`` or ``"swissroll"``)."""
     from . import train
 
-    return train.get_trained(train.book_config("toy-ring", dataset=dataset, steps=steps, seed=seed, **changes),
-                             progress=progress)
+    return train.get_trained(ddpm_config(dataset, steps, seed, **changes), progress=progress)
+
+
+def ddpm_config(dataset: str, steps: int, seed: int = 0, **changes: Any):
+    """The ``train.TrainConfig`` of :func:`get_ddpm`: ``book_config("toy-ring")`` with these changes."""
+    from . import train
+
+    return train.book_config("toy-ring", dataset=dataset, steps=steps, seed=seed, **changes)
 
 
 # ---------------------------------------------------------------------- the 2-D study
@@ -259,12 +265,17 @@ def train_toy(family: str, dataset: str, seed: int = 0, steps: int | None = None
     steps = budget["steps"] if steps is None else steps
     batch_size = budget["batch_size"] if batch_size is None else batch_size
     if family == "ddpm":
-        lr = {} if budget["lr"] is None else {"lr": budget["lr"]}
-        run = get_ddpm(dataset, steps, seed, progress=progress, batch_size=batch_size, **lr)
+        run = get_ddpm(dataset, steps, seed, progress=progress, **_toy_ddpm_changes(batch_size))
         history = {"loss": [float(v) for v in run.history["loss"]]}
         return ToyRun(family, dataset, seed, run, history, steps, batch_size, float(run.history["wall_time"]))
     model = get_baseline(family, dataset, steps, seed, batch_size=batch_size, lr=budget["lr"], progress=progress)
     return ToyRun(family, dataset, seed, model, model.history, steps, batch_size, float(model.history["wall_time"]))
+
+
+def _toy_ddpm_changes(batch_size: int) -> dict:
+    """The changes to ``book_config("toy-ring")`` that give a 2-D DDPM the toy budget."""
+    lr = TOY_BUDGET["ddpm"]["lr"]
+    return {"batch_size": batch_size, **({} if lr is None else {"lr": lr})}
 
 
 def _toy_cached(family: str, dataset: str, seed: int) -> bool:
@@ -273,9 +284,7 @@ def _toy_cached(family: str, dataset: str, seed: int) -> bool:
 
     budget = TOY_BUDGET[family]
     if family == "ddpm":
-        lr = {} if budget["lr"] is None else {"lr": budget["lr"]}
-        return train.is_cached(train.book_config("toy-ring", dataset=dataset, steps=budget["steps"], seed=seed,
-                                                 batch_size=budget["batch_size"], **lr))
+        return train.is_cached(ddpm_config(dataset, budget["steps"], seed, **_toy_ddpm_changes(budget["batch_size"])))
     return baseline_path(family, dataset, budget["steps"], seed, batch_size=budget["batch_size"], lr=budget["lr"],
                          size=runtime.get_profile()).is_file()
 
