@@ -611,12 +611,12 @@ def summary_html(rows: list[dict]) -> str:
     """:func:`summary_rows` as an HTML table (images / s; ratios ddpm_core over diffusers)."""
     gpu = any(r["mfu"] is not None for r in rows)
     others = any(r["best"] != "ddpm_core" for r in rows)  # a compiled or graphed variant was fastest somewhere
-    head = ["", "preset", "batch", "ddpm_core img/s", "diffusers img/s", "ratio", "ratio (CPU time)",
+    head = ["", "preset", "parameters", "batch", "ddpm_core img/s", "diffusers img/s", "ratio", "ratio (CPU time)",
             "ratio (paired rounds)"] + (["best variant", "best ratio"] if others else []) + \
         (["MFU", "peak GiB"] if gpu else []) + ["load"]
     body = []
     for r in rows:
-        cells = [r["kind"], f"<code>{r['preset']}</code>", str(r["batch"]), f"{r['ddpm_core']:,.1f}",
+        cells = [r["kind"], f"<code>{r['preset']}</code>", f"{r['parameters']:,}", str(r["batch"]), f"{r['ddpm_core']:,.1f}",
                  f"{r['diffusers']:,.1f}", f"<b>{r['ratio']:.2f}x</b>", f"{r['ratio_cpu_time']:.2f}x",
                  f"{r['ratio_paired']:.2f}x"]
         if others:
@@ -690,6 +690,19 @@ def saved_results(kind: str = "cpu", folder: str | Path | None = None) -> list[t
     return sorted(out, key=lambda pr: pr[1]["machine"]["date"])
 
 
+def target_case(saved: list[tuple[Path, dict]], kind: str = "training") -> dict | None:
+    """The newest saved case of the targets' network and batch (``result["targets"]``: on a GPU the
+    paper's ``ddpm-cifar10`` at batch 128) of one ``kind``: ``{"path", "result", "case", "row"}``
+    (``row`` as in :func:`summary_rows`), or None where no saved run measured it."""
+    for path, result in reversed(saved):
+        t = result.get("targets") or {}
+        for i, case in enumerate(result.get(kind, [])):
+            if case["preset"] == t.get("preset") and case["batch"] == t.get("batch"):
+                row = [r for r in summary_rows(result) if r["kind"] == kind][i]
+                return {"path": path, "result": result, "case": case, "row": row}
+    return None
+
+
 REPOSITORY = "https://github.com/ddpm-book/ddpm-book"  # the book's repository (_config.yml: repository.url)
 
 
@@ -732,6 +745,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-presets", default="ddpm-cifar10",
                         help="comma-separated presets with a torch.compile variant on CUDA ('' for none)")
     parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (minutes)")
+    parser.add_argument("--kinds", default="training,sampling",
+                        help="what to time: training, sampling or both (comma-separated)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation costs")
     parser.add_argument("--quick", action="store_true", help="cpu-digits only, 3 rounds, small evaluation")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/<cpu|gpu>-<date>.json; '-' for none)")
@@ -746,13 +761,16 @@ def main(argv: list[str] | None = None) -> dict:
         cases = cases or [("cpu-digits", 32)]
         args.repeats = min(args.repeats, 3)
         eval_kwargs = dict(n_images=8, strides=(50,), feature_images=64)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not kinds or set(kinds) - {"training", "sampling"}:
+        parser.error(f"--kinds {args.kinds!r}: name training, sampling or both, comma-separated")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = None
     if args.out != "-":
         today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
         path = Path(args.out) if args.out else default_output({"machine": {"device": device.type, "date": today}})
         path.parent.mkdir(parents=True, exist_ok=True)
-    result = run(device, cases, repeats=args.repeats, inner=args.inner, warmup=args.warmup,
+    result = run(device, cases, kinds=kinds, repeats=args.repeats, inner=args.inner, warmup=args.warmup,
                  compile_presets=tuple(p for p in args.compile_presets.split(",") if p), cpu_compile=args.cpu_compile,
                  evaluation=not args.no_eval, eval_kwargs=eval_kwargs, settings=not args.quick, partial=path)
     print(format_table(result))

@@ -160,3 +160,22 @@ def test_saved_results_of_an_installed_copy_come_from_the_repository(tmp_path, m
     assert bench.saved_results("gpu") == []                    # the listed file cannot be fetched: none, no error
     files.clear()
     assert bench.download_saved_results("cpu", tmp_path) == 0   # offline
+
+
+def test_target_case_is_the_newest_saved_run_of_the_targets_network_and_batch():
+    def result(date, cases):
+        mk = lambda preset, batch, ratio: {
+            "preset": preset, "batch": batch, "precision": "bf16 autocast", "parameters": 1, "ratio": ratio,
+            "ratio_cpu_time": ratio, "best": "ddpm_core", "ratio_best": ratio, "load_before": [0.0, 0.0, 0.0],
+            "variants": {n: {"images_per_s": 1.0, "wall_s": [1.0], "mfu": 0.1, "memory": None}
+                         for n in ("ddpm_core", "diffusers")}}
+        return {"machine": {"date": date}, "targets": dict(bench.TARGETS["cuda"]),
+                "training": [mk(*c) for c in cases], "sampling": [mk(*c) for c in cases]}
+    t = bench.TARGETS["cuda"]
+    old = result("2026-01-01", [(t["preset"], t["batch"], 1.1)])
+    new = result("2026-02-01", [("cpu-mnist", 64, 0.9), (t["preset"], t["batch"], 1.4)])
+    newest_small = result("2026-03-01", [("cpu-mnist", 64, 1.0)])
+    found = bench.target_case([("a", old), ("b", new), ("c", newest_small)])
+    assert found["path"] == "b" and found["case"]["ratio"] == 1.4 and found["row"]["ratio"] == 1.4
+    assert bench.target_case([("c", newest_small)]) is None
+    assert bench.target_case([("a", old)], "sampling")["case"]["ratio"] == 1.1

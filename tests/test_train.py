@@ -289,6 +289,25 @@ def test_cache_resumes_a_partially_trained_run(tmp_path, monkeypatch):
     assert result.step == 10 and len(updates) == 6
 
 
+def test_cache_continues_a_shorter_run_of_the_same_configuration_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    short = tr.get_trained(toy(steps=5), progress=False)
+    tr.get_trained(toy(steps=3, lr=2e-3), progress=False)      # another configuration: never continued
+    assert tr.shorter_cached_run(toy(steps=12)) == short.checkpoint
+    assert tr.shorter_cached_run(toy(steps=12, seed=4)) is None
+    assert tr.shorter_cached_run(toy(steps=5)) is None          # not shorter
+    assert tr.shorter_cached_run(toy(steps=4)) is None          # longer runs are not cut
+    updates = []
+    real_update = tr._Trainer.update
+    monkeypatch.setattr(tr._Trainer, "update", lambda self, fn: updates.append(1) or real_update(self, fn))
+    longer = tr.get_trained(toy(steps=12), progress=False)
+    assert len(updates) == 7 and longer.step == 12
+    monkeypatch.setattr(tr._Trainer, "update", real_update)
+    fresh = tr.train(toy(steps=12), out_dir=tmp_path / "fresh", progress=False)
+    assert_same_state(state_of(longer), state_of(fresh))
+    assert tr.load_checkpoint(short.checkpoint).step == 5      # the short run stays in the cache
+
+
 # ---------------------------------------------------------------------- DDP on the CPU
 def _free_port() -> int:
     with socket.socket() as s:
@@ -379,3 +398,37 @@ def test_prefetch_reports_failures_and_respects_ddpm_workers(monkeypatch):
     monkeypatch.setenv("DDPM_WORKERS", "two")
     with pytest.raises(ValueError, match="DDPM_WORKERS"):
         runtime.workers(3)
+
+
+# ---------------------------------------------------------------------- torch.compile
+def test_compile_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    """A platform where inductor cannot build (no C++ compiler) fails at the first call: the run
+    warns and trains eagerly, giving exactly the eager run's weights."""
+    calls = []
+
+    def broken_compile(net, *args, **kwargs):
+        def fn(*a, **k):
+            calls.append(1)
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fn
+    eager = tr.train(toy(), progress=False)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed.*no working C\\+\\+ compiler.*training eagerly"):
+        fallback = tr.train(toy(compile=True), progress=False)
+    assert calls == [1]  # tried once, then eager for every later step
+    for p, q in zip(eager.model.parameters(), fallback.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_compile_uses_the_compiled_network_and_is_not_part_of_the_cache_key(monkeypatch):
+    seen = []
+
+    def recording_compile(net, *args, **kwargs):
+        def fn(*a, **k):
+            seen.append(1)
+            return net(*a, **k)
+        return fn
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    tr.train(toy(compile=True), progress=False)
+    assert len(seen) == TOY["steps"]
+    assert tr.config_key(toy(compile=True)) == tr.config_key(toy())

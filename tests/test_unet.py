@@ -157,7 +157,7 @@ def test_every_small_preset_maps_x_t_to_its_output_shape(name):
 
 def test_cpu_presets_stay_small():
     sizes = {name: count_parameters(UNet.from_preset(name)) for name in ("cpu-mnist", "cpu-digits", "cpu-crops")}
-    assert 1_000_000 <= sizes["cpu-mnist"] <= 2_000_000
+    assert 200_000 <= sizes["cpu-mnist"] <= 400_000  # sized for updates per minute on 2 cores (issue 3)
     assert sizes["cpu-digits"] < 1_000_000 and sizes["cpu-crops"] < 3_000_000
 
 
