@@ -226,6 +226,8 @@ IMAGE_STEPS = 1000
 def image_config(steps: int = IMAGE_STEPS):
     """The DDPM of the image study: ``train.book_config("mnist5k")`` stopped after ``steps`` updates
     (exactly the first ``steps`` updates of the longer run, see ``train.shorter_cached_run``)."""
+    from . import train
+
     return train.book_config("mnist5k", steps=steps)
 
 

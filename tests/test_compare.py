@@ -162,3 +162,12 @@ def test_image_table_leaves_cells_blank_where_a_row_has_no_training():
     assert table.loc["DDPM", "bits/dim (test)"] == "2.00 ± 0.10" and table.loc["DDPM", "KID x 1e3"] == "12.3 ± 2.0"
     assert table.loc["noise", "train s"] == "" and table.loc["noise", "ms per sample"] == ""
     assert table.loc["noise", "bits/dim (test)"] == "none" and not table.isna().any().any()
+
+
+def test_image_study_uses_chapter_6s_ddpm_stopped_early():
+    from ddpm_core import train
+
+    config = compare.image_config()
+    full = train.book_config("mnist5k")
+    assert config.steps == compare.IMAGE_STEPS < full.steps
+    assert config.replace(steps=full.steps) == full  # the same run, stopped earlier
