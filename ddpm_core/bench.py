@@ -611,14 +611,16 @@ def summary_html(rows: list[dict]) -> str:
     """:func:`summary_rows` as an HTML table (images / s; ratios ddpm_core over diffusers)."""
     gpu = any(r["mfu"] is not None for r in rows)
     others = any(r["best"] != "ddpm_core" for r in rows)  # a compiled or graphed variant was fastest somewhere
-    head = ["", "preset", "parameters", "batch", "ddpm_core img/s", "diffusers img/s", "ratio", "ratio (CPU time)",
-            "ratio (paired rounds)"] + (["best variant", "best ratio"] if others else []) + \
-        (["MFU", "peak GiB"] if gpu else []) + ["load"]
+    # on a GPU the host's CPU time and the paired rounds add nothing to the wall-clock ratio
+    head = ["", "preset", "parameters", "batch", "ddpm_core img/s", "diffusers img/s", "ratio"] + \
+        ([] if gpu else ["ratio (CPU time)", "ratio (paired rounds)"]) + \
+        (["best variant", "best ratio"] if others else []) + (["MFU", "peak GiB"] if gpu else []) + ["load"]
     body = []
     for r in rows:
         cells = [r["kind"], f"<code>{r['preset']}</code>", f"{r['parameters']:,}", str(r["batch"]), f"{r['ddpm_core']:,.1f}",
-                 f"{r['diffusers']:,.1f}", f"<b>{r['ratio']:.2f}x</b>", f"{r['ratio_cpu_time']:.2f}x",
-                 f"{r['ratio_paired']:.2f}x"]
+                 f"{r['diffusers']:,.1f}", f"<b>{r['ratio']:.2f}x</b>"]
+        if not gpu:
+            cells += [f"{r['ratio_cpu_time']:.2f}x", f"{r['ratio_paired']:.2f}x"]
         if others:
             cells += [f"<code>{r['best']}</code>", f"{r['ratio_best']:.2f}x"]
         if gpu:
