@@ -898,14 +898,15 @@ def book_config(name: str, **changes) -> TrainConfig:
 
 
 # The CPU profile's runs. Measured on the project's 2-core machine (Xeon with AVX-512, 2 torch
-# threads, fp32): cpu-mnist (0.28M parameters) takes 0.10-0.13 s per update at batch 32, so "mnist5k" is
-# 2,000 updates, about 4 minutes. Its size came from an exploration at equal CPU time (issue 3):
-# more updates of a narrower network beat fewer updates of a wider one (runs with these update
-# counts, trained on a GPU for speed; FID with the mnist5k
-# classifier's features, 500 samples: 7.5 at 2,500 updates against 12.4 for the 1.6M-parameter
-# network at 700 updates; 5.4 for 16 channels and two blocks at 3,500 updates, which would take ~8 minutes).
-# T = 1000 with the paper's linear schedule keeps the forward process the paper's; sample it with ~250 respaced steps (sampling.respace),
-# which looks like full 1000-step sampling at a quarter of the cost. Dropout is off: it regularises
+# threads, fp32): cpu-mnist (0.28M parameters) takes 0.10-0.13 s per update at batch 32, so
+# "mnist5k" is 2,000 updates, about 4 minutes. Its size came from an exploration at equal CPU time
+# (issue 3): more updates of a narrower network beat fewer updates of a wider one. Runs with these
+# update counts, trained on a GPU for speed, scored an FID (mnist5k classifier features, 500
+# samples) of 7.5 at 2,500 updates against 12.4 for the 1.6M-parameter network at 700 updates;
+# 16 channels with two blocks reached 5.4 at 3,500 updates, which would take ~8 minutes here.
+# T = 1000 with the paper's linear schedule keeps the forward process the paper's; sample it with
+# ~250 respaced steps (sampling.respace), which looks like full 1000-step sampling at a quarter of
+# the cost. Dropout is off: it regularises
 # long runs, costs ~8% of a CPU step, and slows a short run's progress. The EMA decay of 0.995
 # (half-life ~140 steps, with the warm-up of ema_decay_at) suits runs of a few thousand steps.
 # The learning rate is constant after the warm-up, so the first N updates of a run are a complete
