@@ -475,18 +475,16 @@ def compiled_or_eager(net: nn.Module) -> Callable:
     except Exception as e:  # torch.compile itself unavailable (e.g. an unsupported Python)
         warnings.warn(f"torch.compile is unavailable ({type(e).__name__}: {e}); training eagerly")
         return net
-    state = {"fn": compiled, "first": True}
+    chosen = {}  # "fn": the compiled network once its first call worked, else the eager one
 
     def forward(x_t, t):
-        if not state["first"]:
-            return state["fn"](x_t, t)
+        if "fn" in chosen:
+            return chosen["fn"](x_t, t)
         try:
-            out = compiled(x_t, t)
+            out, chosen["fn"] = compiled(x_t, t), compiled
         except Exception as e:
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:300]}); training eagerly")
-            state["fn"] = net
-            out = net(x_t, t)
-        state["first"] = False
+            out, chosen["fn"] = net(x_t, t), net
         return out
     return forward
 
