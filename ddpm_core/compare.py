@@ -370,6 +370,57 @@ def image_baselines(config, families: Sequence[str] = ("gan", "vae", "flow"), se
                               progress=progress) for fam in families}
 
 
+IMAGE_SEEDS = (0, 1, 2)  # training seeds of each baseline in the image study (the DDPM: one run, chapter 6's)
+
+
+def image_models(config, seeds: Sequence[int] = IMAGE_SEEDS, families: Sequence[str] = ("gan", "vae", "flow"),
+                 progress: bool = True) -> tuple[Any, dict[str, list[baselines.Baseline]]]:
+    """Every model of the image study: the DDPM of ``config`` (``train.get_trained``, the run that
+    chapter 6 continues) and each baseline family trained once per seed with the DDPM's budget
+    (:func:`image_baselines`).
+
+    Models missing from the cache are first trained side by side in :func:`runtime.prefetch`
+    workers (one core each, the longest runs first), so their training times are those of one core
+    while another model trains on the other.
+
+    :return: ``(ddpm, {family: [model of each seed]})``.
+    """
+    from . import train
+
+    jobs = [("ddpm", config, 0)] if not train.is_cached(config) else []
+    by_cost = sorted(families, key=lambda f: -_IMAGE_COST.get(f, 0))
+    jobs += [(fam, config, seed) for fam in by_cost for seed in seeds
+             if not baseline_path(fam, config.dataset, config.steps, seed, batch_size=config.batch_size).is_file()]
+    if len(jobs) > 1:
+        runtime.prefetch(_image_to_cache, jobs, desc="image models", progress=progress)
+    ddpm = train.get_trained(config, progress=progress)
+    per_seed = [image_baselines(config, families, seed, progress=progress) for seed in seeds]
+    return ddpm, {fam: [models[fam] for models in per_seed] for fam in families}
+
+
+# relative cost of one baseline update on mnist5k (one core), to start the longest runs first
+_IMAGE_COST = {"flow": 93.0, "gan": 47.0, "vae": 25.0}
+
+
+def _image_to_cache(family: str, config, seed: int) -> None:
+    """Train one model of :func:`image_models` into the cache (run in a worker process)."""
+    from . import train
+
+    if family == "ddpm":
+        train.get_trained(config, progress=False)
+    else:
+        image_baselines(config, (family,), seed, progress=False)
+
+
+def score_baseline(model: baselines.Baseline, n: int, extractor, dataset: str = "mnist5k", seed: int = 0):
+    """``n`` samples of a baseline scored against ``dataset`` (``evaluation.score_images``) and the
+    seconds per sample: ``(EvalResult, seconds)``."""
+    from . import evaluation
+
+    x, sec = sample_baseline(model, n, seed=seed)
+    return evaluation.score_images(x, dataset, extractor, label=FAMILY_NAMES[model.family]), sec
+
+
 def sample_baseline(model: baselines.Baseline, n: int, seed: int = 0, batch_size: int = 500) -> tuple[torch.Tensor, float]:
     """``n`` samples [n, C, H, W] on the CPU and the seconds per sample (one network pass each)."""
     gen = torch.Generator(device=model.device).manual_seed(seed)
@@ -408,22 +459,44 @@ def baseline_bits_per_dim(model: baselines.Baseline, x: torch.Tensor, seed: int 
 def image_table(rows: list[dict]):
     """A ``pandas.DataFrame`` of the image study, one row per model.
 
-    :param rows: dicts with ``model``, ``eval`` (an ``evaluation.EvalResult``), ``bpd`` (a dict
-        from :func:`baseline_bits_per_dim` or ``evaluation.bits_per_dim``), ``train_seconds``,
-        ``updates`` (e.g. "700 x 32"), ``sample_seconds`` (per image) and ``sampler``.
+    :param rows: dicts with ``model``, ``eval`` (an ``evaluation.EvalResult``, or a list of them,
+        one per training seed), ``bpd`` (a dict from :func:`baseline_bits_per_dim` or
+        ``evaluation.bits_per_dim``, or a list of them), ``train_seconds`` (one value or a list),
+        ``updates`` (e.g. "700 x 32"), ``sample_seconds`` (per image) and ``sampler``. A quantity
+        measured for several seeds shows as "mean (min-max)"; a single KID with its standard
+        deviation over the estimator's subsets, a single bits/dim with its standard error.
     """
     import pandas as pd
 
+    def seeds(v):
+        return v if isinstance(v, (list, tuple)) else [v]
+
+    def spread(values, digits, scale=1.0):
+        s = summarize([scale * v for v in values])
+        if s["n"] == 1:
+            return f"{s['mean']:.{digits}f}"
+        return f"{s['mean']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
     out = []
     for r in rows:
-        e, b = r["eval"], r.get("bpd") or {}
-        bpd = "none" if b.get("bpd") is None else f"{b['bpd']:.2f} ± {b['bpd_se']:.2f}"
+        evals, bpds = seeds(r["eval"]), [b for b in seeds(r.get("bpd") or {}) if b.get("bpd") is not None]
+        if len(evals) == 1:
+            kid = f"{1e3 * evals[0].kid_mean:.1f} ± {1e3 * evals[0].kid_std:.1f}"
+        else:
+            kid = spread([e.kid_mean for e in evals], 1, 1e3)
+        if not bpds:
+            bpd = "none"
+        elif len(bpds) == 1:
+            bpd = f"{bpds[0]['bpd']:.2f} ± {bpds[0]['bpd_se']:.2f}"
+        else:
+            bpd = spread([b["bpd"] for b in bpds], 2)
+        train_s = r.get("train_seconds")
         out.append({
-            "model": r["model"], "FID": round(e.fid, 2), "IS": round(e.is_mean, 2),
-            "KID x 1e3": f"{1e3 * e.kid_mean:.1f} ± {1e3 * e.kid_std:.1f}",
-            "bits/dim (test)": bpd, "training": r.get("updates", ""),
+            "model": r["model"], "seeds": len(evals) if r.get("updates") else "",
+            "FID": spread([e.fid for e in evals], 2), "IS": spread([e.is_mean for e in evals], 2),
+            "KID x 1e3": kid, "bits/dim (test)": bpd, "training": r.get("updates", ""),
             # "" where a row has no training or sampling (test digits, noise): no NaN in the table
-            "train s": "" if r.get("train_seconds") is None else f"{r['train_seconds']:.1f}",
+            "train s": "" if train_s is None else spread(seeds(train_s), 1),
             "ms per sample": "" if r.get("sample_seconds") is None else f"{1e3 * r['sample_seconds']:.2f}",
             "sampled with": r.get("sampler", ""),
         })

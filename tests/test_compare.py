@@ -171,3 +171,37 @@ def test_image_study_uses_chapter_6s_ddpm_stopped_early():
     full = train.book_config("mnist5k")
     assert config.steps == compare.IMAGE_STEPS < full.steps
     assert config.replace(steps=full.steps) == full  # the same run, stopped earlier
+
+
+def test_image_table_shows_the_spread_over_training_seeds():
+    from types import SimpleNamespace
+
+    evals = [SimpleNamespace(fid=f, is_mean=2.0 + f / 10, kid_mean=f / 1000, kid_std=0.001) for f in (10.0, 14.0, 12.0)]
+    bpds = [{"bpd": b, "bpd_se": 0.1} for b in (1.5, 1.7, 1.6)]
+    table = compare.image_table([dict(model="GAN", eval=evals, bpd=bpds, train_seconds=[40.0, 44.0, 42.0],
+                                      updates="1,000 x 32", sample_seconds=0.001, sampler="one pass")])
+    row = table.loc["GAN"]
+    assert row["FID"] == "12.00 (10.00-14.00)" and row["KID x 1e3"] == "12.0 (10.0-14.0)"
+    assert row["bits/dim (test)"] == "1.60 (1.50-1.70)" and row["train s"] == "42.0 (40.0-44.0)"
+    assert row["seeds"] == 3 and row["IS"] == "3.20 (3.00-3.40)"
+
+
+def test_image_models_trains_every_seed_side_by_side_and_then_loads_them(tmp_path, monkeypatch):
+    """The image study's models come from worker processes the first time (DDPM_WORKERS=2) and from
+    the cache afterwards: the same weights, one distinct model per seed."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    monkeypatch.setenv("DDPM_WORKERS", "2")
+    config = compare.image_config(steps=3).replace(checkpoint_every=3, log_every=1)
+    ddpm, runs = compare.image_models(config, seeds=(0, 1), families=("gan", "vae"), progress=False)
+    assert ddpm.step == 3 and sorted(runs) == ["gan", "vae"] and all(len(ms) == 2 for ms in runs.values())
+    for fam in ("gan", "vae"):
+        for seed in (0, 1):
+            assert compare.baseline_path(fam, "mnist5k", 3, seed, batch_size=config.batch_size).is_file()
+        first = [next(iter(m.state_dict().values())) for m in runs[fam]]
+        assert not torch.equal(first[0], first[1]), fam  # two seeds, two models
+    monkeypatch.setenv("DDPM_WORKERS", "1")
+    again_ddpm, again = compare.image_models(config, seeds=(0, 1), families=("gan", "vae"), progress=False)
+    for fam in ("gan", "vae"):
+        for m, n in zip(runs[fam], again[fam]):
+            assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), n.state_dict().values()))
+    assert all(torch.equal(p, q) for p, q in zip(ddpm.ema.state_dict().values(), again_ddpm.ema.state_dict().values()))
