@@ -205,3 +205,20 @@ def test_image_models_trains_every_seed_side_by_side_and_then_loads_them(tmp_pat
         for m, n in zip(runs[fam], again[fam]):
             assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), n.state_dict().values()))
     assert all(torch.equal(p, q) for p, q in zip(ddpm.ema.state_dict().values(), again_ddpm.ema.state_dict().values()))
+
+
+def test_toy_ddpm_samples_with_respaced_steps_when_asked(tmp_path, monkeypatch):
+    """ToyRun.sample: all T steps by default, ``steps`` respaced ones when given (toy_study's
+    TOY_SAMPLE_STEPS), which is a different, shorter chain."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    monkeypatch.setenv("DDPM_WORKERS", "1")
+    run = compare.train_toy("ddpm", "ring", 0, steps=3, batch_size=16, progress=False)
+    calls = []
+    real = run.model.ema.forward
+    monkeypatch.setattr(run.model.ema, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    full = run.sample(5, torch.Generator().manual_seed(0))
+    n_full = len(calls)
+    short = run.sample(5, torch.Generator().manual_seed(0), steps=10)
+    assert n_full == run.model.diffusion.num_timesteps and len(calls) - n_full == 10
+    assert full.shape == short.shape == (5, 2) and not torch.equal(full, short)
+    assert 0 < compare.TOY_SAMPLE_STEPS < run.model.diffusion.num_timesteps
