@@ -465,50 +465,66 @@ def baseline_bits_per_dim(model: baselines.Baseline, x: torch.Tensor, seed: int 
     return {"bpd": float(per.mean()), "bpd_se": se, "per_image": per, "method": method, "seconds": sec}
 
 
+def _seeds(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
 def image_table(rows: list[dict]):
     """A ``pandas.DataFrame`` of the image study, one row per model.
 
     :param rows: dicts with ``model``, ``eval`` (an ``evaluation.EvalResult``, or a list of them,
         one per training seed), ``bpd`` (a dict from :func:`baseline_bits_per_dim` or
         ``evaluation.bits_per_dim``, or a list of them), ``train_seconds`` (one value or a list),
-        ``updates`` (e.g. "700 x 32"), ``sample_seconds`` (per image) and ``sampler``. A quantity
-        measured for several seeds shows as "mean (min-max)"; a single KID with its standard
-        deviation over the estimator's subsets, a single bits/dim with its standard error.
+        ``updates`` (e.g. "700 x 32": the budget, said in the text; a row with it is a trained
+        model), ``sample_seconds`` (per image) and ``sampler``. A model with
+        several seeds shows the means over them (:func:`seed_table` shows their range); a single
+        KID comes with its standard deviation over the estimator's subsets, a single bits/dim with
+        its standard error over the test images.
     """
     import pandas as pd
 
-    def seeds(v):
-        return v if isinstance(v, (list, tuple)) else [v]
-
-    def spread(values, digits, scale=1.0):
-        s = summarize([scale * v for v in values])
-        if s["n"] == 1:
-            return f"{s['mean']:.{digits}f}"
-        return f"{s['mean']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+    def mean(values):
+        return summarize(values)["mean"]
 
     out = []
     for r in rows:
-        evals, bpds = seeds(r["eval"]), [b for b in seeds(r.get("bpd") or {}) if b.get("bpd") is not None]
-        if len(evals) == 1:
-            kid = f"{1e3 * evals[0].kid_mean:.1f} ± {1e3 * evals[0].kid_std:.1f}"
-        else:
-            kid = spread([e.kid_mean for e in evals], 1, 1e3)
-        if not bpds:
-            bpd = "none"
-        elif len(bpds) == 1:
-            bpd = f"{bpds[0]['bpd']:.2f} ± {bpds[0]['bpd_se']:.2f}"
-        else:
-            bpd = spread([b["bpd"] for b in bpds], 2)
+        evals = _seeds(r["eval"])
+        bpds = [b for b in _seeds(r.get("bpd") or {}) if b.get("bpd") is not None]
+        one = len(evals) == 1
+        kid = f"{1e3 * evals[0].kid_mean:.1f} ± {1e3 * evals[0].kid_std:.1f}" if one else \
+            f"{1e3 * mean([e.kid_mean for e in evals]):.1f}"
+        bpd = "none" if not bpds else f"{bpds[0]['bpd']:.2f} ± {bpds[0]['bpd_se']:.2f}" if len(bpds) == 1 else \
+            f"{mean([b['bpd'] for b in bpds]):.2f}"
         train_s = r.get("train_seconds")
         out.append({
             "model": r["model"], "seeds": len(evals) if r.get("updates") else "",
-            "FID": spread([e.fid for e in evals], 2), "IS": spread([e.is_mean for e in evals], 2),
-            "KID x 1e3": kid, "bits/dim (test)": bpd, "training": r.get("updates", ""),
+            "FID": round(mean([e.fid for e in evals]), 2), "IS": round(mean([e.is_mean for e in evals]), 2),
+            "KID x 1e3": kid, "bits/dim (test)": bpd,
             # "" where a row has no training or sampling (test digits, noise): no NaN in the table
-            "train s": "" if train_s is None else spread(seeds(train_s), 1),
+            "train s": "" if train_s is None else f"{mean(_seeds(train_s)):.1f}",
             "ms per sample": "" if r.get("sample_seconds") is None else f"{1e3 * r['sample_seconds']:.2f}",
             "sampled with": r.get("sampler", ""),
         })
+    return pd.DataFrame(out).set_index("model")
+
+
+def seed_table(rows: list[dict]):
+    """The spread over training seeds of the rows of :func:`image_table` that have several: the
+    lowest and highest FID, KID (x 1e3) and bits/dim of each model's runs."""
+    import pandas as pd
+
+    out = []
+    for r in rows:
+        evals = _seeds(r["eval"])
+        if len(evals) < 2:
+            continue
+        row = {"model": r["model"], "seeds": len(evals)}
+        for name, values in [("FID", [e.fid for e in evals]), ("KID x 1e3", [1e3 * e.kid_mean for e in evals]),
+                             ("bits/dim", [b["bpd"] for b in _seeds(r.get("bpd") or {}) if b.get("bpd") is not None])]:
+            st = summarize(values) if values else None
+            row[f"{name} min"] = "" if st is None else round(st["min"], 2)
+            row[f"{name} max"] = "" if st is None else round(st["max"], 2)
+        out.append(row)
     return pd.DataFrame(out).set_index("model")
 
 

@@ -173,17 +173,25 @@ def test_image_study_uses_chapter_6s_ddpm_stopped_early():
     assert config.replace(steps=full.steps) == full  # the same run, stopped earlier
 
 
-def test_image_table_shows_the_spread_over_training_seeds():
+def test_image_table_shows_seed_means_and_seed_table_their_range():
     from types import SimpleNamespace
 
     evals = [SimpleNamespace(fid=f, is_mean=2.0 + f / 10, kid_mean=f / 1000, kid_std=0.001) for f in (10.0, 14.0, 12.0)]
     bpds = [{"bpd": b, "bpd_se": 0.1} for b in (1.5, 1.7, 1.6)]
-    table = compare.image_table([dict(model="GAN", eval=evals, bpd=bpds, train_seconds=[40.0, 44.0, 42.0],
-                                      updates="1,000 x 32", sample_seconds=0.001, sampler="one pass")])
-    row = table.loc["GAN"]
-    assert row["FID"] == "12.00 (10.00-14.00)" and row["KID x 1e3"] == "12.0 (10.0-14.0)"
-    assert row["bits/dim (test)"] == "1.60 (1.50-1.70)" and row["train s"] == "42.0 (40.0-44.0)"
-    assert row["seeds"] == 3 and row["IS"] == "3.20 (3.00-3.40)"
+    rows = [dict(model="GAN", eval=evals, bpd=[{"bpd": None}] * 3, train_seconds=[40.0, 44.0, 42.0],
+                 updates="1,000 x 32", sample_seconds=0.001, sampler="one pass"),
+            dict(model="VAE", eval=evals, bpd=bpds, train_seconds=[40.0, 44.0, 42.0], updates="1,000 x 32"),
+            dict(model="DDPM", eval=evals[:1], bpd=bpds[:1], train_seconds=[100.0], updates="1,000 x 32")]
+    table = compare.image_table(rows)
+    assert table.loc["GAN", "FID"] == 12.0 and table.loc["GAN", "KID x 1e3"] == "12.0" and table.loc["GAN", "IS"] == 3.2
+    assert table.loc["VAE", "bits/dim (test)"] == "1.60" and table.loc["GAN", "bits/dim (test)"] == "none"
+    assert table.loc["GAN", "train s"] == "42.0" and table.loc["GAN", "seeds"] == 3 and table.loc["DDPM", "seeds"] == 1
+    assert table.loc["DDPM", "KID x 1e3"] == "10.0 ± 1.0" and table.loc["DDPM", "bits/dim (test)"] == "1.50 ± 0.10"
+    seeds = compare.seed_table(rows)
+    assert list(seeds.index) == ["GAN", "VAE"]  # the DDPM has one run
+    assert seeds.loc["VAE", "FID min"] == 10.0 and seeds.loc["VAE", "FID max"] == 14.0
+    assert seeds.loc["VAE", "KID x 1e3 max"] == 14.0 and seeds.loc["VAE", "bits/dim min"] == 1.5
+    assert seeds.loc["GAN", "bits/dim min"] == "" and not seeds.isna().any().any()
 
 
 def test_image_models_trains_every_seed_side_by_side_and_then_loads_them(tmp_path, monkeypatch):
