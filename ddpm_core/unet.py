@@ -331,6 +331,10 @@ class UNet(nn.Module):
         path = Path(name_or_path)
         if path.is_dir() and not (path / "config.json").exists() and (path / "unet" / "config.json").exists():
             hub_kwargs.setdefault("subfolder", "unet")  # a saved DDPMPipeline folder
+        if not path.is_dir() and "local_files_only" not in hub_kwargs and not _hub_reachable():
+            # no internet: only a copy in the Hugging Face cache can load, and asking the hub would
+            # retry for half a minute before failing
+            hub_kwargs["local_files_only"] = True
         try:
             model = UNet2DModel.from_pretrained(str(name_or_path), **hub_kwargs)
         except Exception as err:  # hub and file errors differ across huggingface_hub versions
@@ -345,6 +349,23 @@ class UNet(nn.Module):
                 "folder here and pass its path: UNet.from_pretrained('path/to/ddpm-cifar10-32')."
             ) from err
         return cls.from_diffusers(model, learn_sigma=learn_sigma, dropout=dropout)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face Hub (``$HF_ENDPOINT``) opens within ``timeout``
+    seconds. Behind a proxy (``HTTPS_PROXY`` and the like) it answers True and leaves it to the hub."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 # -- diffusers conversion ---------------------------------------------------------------------------

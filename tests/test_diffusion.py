@@ -233,3 +233,26 @@ def test_tables_are_cached_per_device_and_dtype():
     a = d.table("alpha_bar", "cpu", torch.float32)
     assert a is d.table("alpha_bar", "cpu", torch.float32) and a.dtype == torch.float32
     assert d.table("alpha_bar").dtype == torch.float64
+
+
+def test_bpd_with_steps_batched_together_equals_one_step_per_network_call():
+    """Several steps share a network call when the batch is small; the noise is still drawn step by
+    step, so the bound, its terms and the errors equal those of one step per call (float64)."""
+    T = 50
+    d = make(T)
+    torch.manual_seed(0)
+    w = torch.randn(4, 4, dtype=torch.float64) * 0.1
+    calls = []
+
+    def net(x_t, t):  # a fixed, time-dependent linear "network" on 2 x 2 images
+        calls.append(len(x_t))
+        return (x_t.flatten(1) @ w).view_as(x_t) * (1 + t.double().view(-1, 1, 1, 1) / T)
+
+    x0 = torch.rand(3, 1, 2, 2, dtype=torch.float64) * 2 - 1
+    one = d.bpd(net, x0, noise_generator=torch.Generator().manual_seed(7), max_batch=3)
+    assert calls == [3] * T
+    calls.clear()
+    many = d.bpd(net, x0, noise_generator=torch.Generator().manual_seed(7), max_batch=64)
+    assert calls == [63] * (T // 21) + [3 * (T % 21)]  # 21 steps per call
+    for key in ["total_bpd", "vb", "mse", "x0_mse", "prior_bpd"]:
+        torch.testing.assert_close(many[key], one[key], rtol=1e-12, atol=1e-12)

@@ -253,6 +253,34 @@ def test_from_pretrained_offline_says_how_to_supply_a_local_folder(tmp_path):
     assert "UNet.from_pretrained('path/to/" in str(info.value)
 
 
+
+def test_from_pretrained_without_internet_asks_only_the_local_cache(monkeypatch):
+    """Offline, the hub would retry for half a minute: an unreachable hub means local_files_only."""
+    import time
+    from diffusers import UNet2DModel
+
+    seen = {}
+
+    def fake(name, **kwargs):
+        seen.update(kwargs)
+        raise OSError("not in the cache")
+    monkeypatch.setattr(UNet2DModel, "from_pretrained", fake)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://no-such-host.invalid")
+    start = time.perf_counter()
+    assert unet._hub_reachable() is False and time.perf_counter() - start < 5
+    with pytest.raises(OSError, match="no internet access"):
+        UNet.from_pretrained("google/ddpm-cifar10-32")
+    assert seen["local_files_only"] is True
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # behind a proxy: left to the hub
+    seen.clear()
+    assert unet._hub_reachable() is True
+    with pytest.raises(OSError):
+        UNet.from_pretrained("google/ddpm-cifar10-32")
+    assert "local_files_only" not in seen
+
+
 # -- time embedding --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind,flip,shift", [("ddpm", False, 1), ("iddpm", True, 0)])
