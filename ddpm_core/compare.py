@@ -219,7 +219,8 @@ FAMILY_NAMES = {"gan": "GAN", "vae": "VAE", "flow": "flow", "ddpm": "DDPM"}
 TOY_BUDGET = {fam: {"steps": 1000, "batch_size": 256, "lr": None} for fam in FAMILIES}
 # The image study's budget: updates of the DDPM of chapter 6 (book_config("mnist5k"), batch 32),
 # which chapter 6 trains on to 2,000; the GAN, VAE and flow get the same updates on batches of the
-# same size. 1,000 keeps the four trainings to about 4 minutes of the 2-core CPU together.
+# same size. With 1,000, the DDPM and three seeds of each baseline (10 runs, two at a time, one
+# core each) train in about 6 minutes of the 2-core CPU.
 IMAGE_STEPS = 1000
 # The 2-D DDPMs (T = 1000) sample with 250 respaced ancestral steps: every seed covers every mode of
 # the ring and the grid, and the high-quality shares (0.42-0.43) equal those of all 1,000 steps
