@@ -303,10 +303,9 @@ class GaussianDiffusion:
         vb, eps_mse, x0_mse = (torch.zeros(n, T, device=x0.device, dtype=x0.dtype) for _ in range(3))
         per_call = max(1, max_batch // max(n, 1))
         order = list(range(T - 1, -1, -1))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=T, desc="bits/dim")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=T, desc="bits/dim", disable=not progress)
         for j in range(0, T, per_call):
             steps = order[j:j + per_call]                                       # k steps, largest first
             k = len(steps)
@@ -319,10 +318,8 @@ class GaussianDiffusion:
             x0_mse[:, steps] = losses.mean_flat((terms["pred_x0"] - x0_k) ** 2).view(k, n).T
             eps = self.predict_eps_from_x0(x_t, t, terms["pred_x0"])
             eps_mse[:, steps] = losses.mean_flat((eps - noise) ** 2).view(k, n).T
-            if bar is not None:
-                bar.update(k)
-        if bar is not None:
-            bar.close()
+            bar.update(k)
+        bar.close()
         prior = self.prior_bpd(x0)
         return {"total_bpd": vb.sum(1) + prior, "prior_bpd": prior, "vb": vb, "mse": eps_mse, "x0_mse": x0_mse}
 
