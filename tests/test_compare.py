@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ddpm_core import baselines, compare, data
+from ddpm_core import baselines, compare, data, train
 
 RING = data.load_dataset("ring", n=10)  # only the modes and their std are used
 MODES, STD = RING.modes, RING.mode_std
@@ -196,23 +196,28 @@ def test_image_table_shows_seed_means_and_seed_table_their_range():
 
 def test_image_models_trains_every_seed_side_by_side_and_then_loads_them(tmp_path, monkeypatch):
     """The image study's models come from worker processes the first time (DDPM_WORKERS=2) and from
-    the cache afterwards: the same weights, one distinct model per seed."""
+    the cache afterwards: the same weights, one distinct model per seed, for the DDPM too (whose
+    seed-0 run is the configuration's own, the one chapter 6 continues)."""
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
     monkeypatch.setenv("DDPM_WORKERS", "2")
     config = compare.image_config(steps=3).replace(checkpoint_every=3, log_every=1)
-    ddpm, runs = compare.image_models(config, seeds=(0, 1), families=("gan", "vae"), progress=False)
-    assert ddpm.step == 3 and sorted(runs) == ["gan", "vae"] and all(len(ms) == 2 for ms in runs.values())
+    ddpms, runs = compare.image_models(config, seeds=(0, 1), families=("gan", "vae"), progress=False)
+    assert [r.step for r in ddpms] == [3, 3] and [r.config.seed for r in ddpms] == [0, 1]
+    assert ddpms[0].config == config and train.is_cached(config)
+    assert not torch.equal(next(iter(ddpms[0].ema.state_dict().values())), next(iter(ddpms[1].ema.state_dict().values())))
+    assert sorted(runs) == ["gan", "vae"] and all(len(ms) == 2 for ms in runs.values())
     for fam in ("gan", "vae"):
         for seed in (0, 1):
             assert compare.baseline_path(fam, "mnist5k", 3, seed, batch_size=config.batch_size).is_file()
         first = [next(iter(m.state_dict().values())) for m in runs[fam]]
         assert not torch.equal(first[0], first[1]), fam  # two seeds, two models
     monkeypatch.setenv("DDPM_WORKERS", "1")
-    again_ddpm, again = compare.image_models(config, seeds=(0, 1), families=("gan", "vae"), progress=False)
+    again_ddpms, again = compare.image_models(config, seeds=(0, 1), families=("gan", "vae"), progress=False)
     for fam in ("gan", "vae"):
         for m, n in zip(runs[fam], again[fam]):
             assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), n.state_dict().values()))
-    assert all(torch.equal(p, q) for p, q in zip(ddpm.ema.state_dict().values(), again_ddpm.ema.state_dict().values()))
+    for r, r_again in zip(ddpms, again_ddpms):
+        assert all(torch.equal(p, q) for p, q in zip(r.ema.state_dict().values(), r_again.ema.state_dict().values()))
 
 
 def test_toy_ddpm_samples_with_respaced_steps_when_asked(tmp_path, monkeypatch):
