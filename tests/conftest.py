@@ -35,3 +35,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# nbval waits at most 5 s for each output message of a cell once the cell has finished; a kernel
+# that has just trained a model on both cores can take longer to flush its progress bar's messages
+# (seen once: chapter 6's training cell failed with "Timeout of 5 seconds exceeded waiting for
+# output" although it had run). Cells still time out after --nbval-cell-timeout (pyproject).
+NBVAL_OUTPUT_TIMEOUT = 120
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        if hasattr(item, "output_timeout"):  # nbval's notebook cells
+            item.output_timeout = NBVAL_OUTPUT_TIMEOUT
