@@ -18,9 +18,15 @@ What is measured:
 On CUDA also the model FLOPs utilisation (FLOPs of one step counted by PyTorch's
 ``FlopCounterMode``, over the step time and the chip's dense bf16 peak) and the peak memory.
 
-Variants: ``ddpm_core`` is the package as the book runs it (channels-last weights, eager; on CUDA
-bf16 autocast, and ``torch.compile`` / CUDA graphs where they pay); ``diffusers`` is UNet2DModel as
-shipped (contiguous NCHW, eager). Informative variants isolate one setting (``-nchw``, ``-cl``).
+Variants: ``ddpm_core`` is the package's network called eagerly (channels-last weights; on CUDA bf16
+autocast); on CUDA also ``ddpm_core+graph`` (training: the whole update captured as one CUDA graph
+and replayed; sampling: the network replayed), ``ddpm_core+compile`` (training, ``torch.compile``)
+and ``ddpm_core+compile+graph`` (both: what ``TrainConfig(compile=True, cuda_graph=True)`` and the
+GPU profile's ``book_config("cifar10")`` do). ``diffusers`` is UNet2DModel as shipped (contiguous
+NCHW, eager). Informative variants isolate one setting (``-nchw``, ``-cl``). Captured variants are
+built and timed one at a time, each in alternation with ``ddpm_core`` and ``diffusers``: capturing
+a graph frees the cuBLAS workspaces that an earlier, still living graph points to, and replaying
+that one then ended in an illegal memory access.
 
 Command line: ``python -m ddpm_core.bench [--quick] [--out FILE]`` prints a table and writes JSON.
 """
@@ -30,6 +36,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import gc
 import json
 import os
 import platform
@@ -107,7 +114,7 @@ class Variant:
     channels_last: bool | None = None  # None: leave the module's own layout
     compile: bool = False              # torch.compile (inductor)
     compile_mode: str | None = None    # e.g. "reduce-overhead": compiled and replayed as CUDA graphs
-    cuda_graph: bool = False           # sampling: replay the network from a captured CUDA graph
+    cuda_graph: bool = False           # replay from a captured CUDA graph (sampling: the network; training: the update)
     info: dict = field(default_factory=dict)
 
 
@@ -213,35 +220,70 @@ def _autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = Tru
 
 
 def make_train_step(fn: Callable, net: nn.Module, d: _diffusion.GaussianDiffusion, x0: torch.Tensor,
-                    amp: torch.dtype | None, seed: int = 0) -> Callable[[], torch.Tensor]:
+                    amp: torch.dtype | None, seed: int = 0, graph: bool = False) -> Callable[[], torch.Tensor]:
     """One training update of ``net`` as ``ddpm_core.train`` does it (Algorithm 1 of Ho et al.):
-    t ~ U{0..T-1}, eps ~ N(0, I), L_simple, backward, clip at norm 1, Adam, EMA (foreach lerp)."""
+    t ~ U{0..T-1}, eps ~ N(0, I), L_simple, backward, clip at norm 1, Adam, EMA (foreach lerp).
+
+    :param graph: (CUDA) capture the whole update (forward, backward, clipping, Adam, EMA) in one
+        CUDA graph and replay it; t and eps are drawn into its fixed input buffers before each replay.
+    """
     from .train import ema_update
 
     device = x0.device
     params = [p for p in net.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
     fused = device.type in ("cuda", "cpu")  # as ddpm_core.train
-    opt = torch.optim.Adam(params, lr=1e-4, fused=fused or None, foreach=None if fused else True)
+    opt = torch.optim.Adam(params, lr=1e-4, fused=fused or None, foreach=None if fused else True,
+                           capturable=graph)
     gen = torch.Generator(device).manual_seed(seed)
+    t_buf = torch.zeros(len(x0), dtype=torch.long, device=device)
+    noise_buf = torch.zeros_like(x0)
 
     def model(x_t, t):
-        with _autocast(device, amp):
+        with _autocast(device, amp, cache=not graph):
             out = fn(x_t, t)
         return out.float()
 
-    def step() -> torch.Tensor:
-        net.train()
-        t = torch.randint(0, d.num_timesteps, (len(x0),), device=device, generator=gen)
-        noise = torch.randn(x0.shape, device=device, generator=gen)
-        loss = d.training_losses(model, x0, t, noise=noise)["loss"].mean()
+    def update() -> torch.Tensor:
+        loss = d.training_losses(model, x0, t_buf, noise=noise_buf)["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         opt.step()
         ema_update(ema, params, 0.999)
         return loss.detach()
+
+    if graph:
+        net.train()
+        update = cuda_graphed_update(update)
+
+    def step() -> torch.Tensor:
+        net.train()
+        torch.randint(0, d.num_timesteps, (len(x0),), device=device, generator=gen, out=t_buf)
+        noise_buf.normal_(generator=gen)
+        return update()
     return step
+
+
+def cuda_graphed_update(update: Callable[[], torch.Tensor], warmup: int = 3) -> Callable[[], torch.Tensor]:
+    """A whole training update (no arguments: it reads fixed buffers) captured as one CUDA graph:
+    ``warmup`` eager updates on a side stream first (cuDNN autotuning, compilation, the optimiser's
+    state), then the capture; each call replays it. The returned loss tensor is overwritten by the
+    next call. The optimiser must be ``capturable``."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            update()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = update()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return static_loss
+    return replay
 
 
 def cuda_graphed(fn: Callable, x_t: torch.Tensor, t: torch.Tensor) -> Callable:
@@ -298,8 +340,11 @@ def _variants(ours: nn.Module, theirs: nn.Module, kind: str, device: torch.devic
     vs = [Variant("ddpm_core", ours)]
     if cuda and kind == "sampling":
         vs.append(Variant("ddpm_core+graph", copy.deepcopy(ours), cuda_graph=True))
-    if cuda and compile_ok and kind == "training":  # compile does not pay on a small CPU (bench_cpu_settings)
-        vs.append(Variant("ddpm_core+compile", copy.deepcopy(ours), compile=True))
+    if cuda and kind == "training":  # compile does not pay on a small CPU (bench_cpu_settings)
+        vs.append(Variant("ddpm_core+graph", copy.deepcopy(ours), cuda_graph=True))
+        if compile_ok:
+            vs.append(Variant("ddpm_core+compile", copy.deepcopy(ours), compile=True))
+            vs.append(Variant("ddpm_core+compile+graph", copy.deepcopy(ours), compile=True, cuda_graph=True))
     vs.append(Variant("ddpm_core-nchw", copy.deepcopy(ours), channels_last=False))
     vs.append(Variant("diffusers", theirs, diffusers=True))
     vs.append(Variant("diffusers-cl", copy.deepcopy(theirs), diffusers=True, channels_last=True))
@@ -321,21 +366,42 @@ def bench_case(preset: str, batch: int, kind: str, device: torch.device, repeats
     shape = (batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     x = (torch.rand(shape, generator=g) * 2 - 1).to(device)
     steps, flops, memory, infos = {}, {}, {}, {}
-    for v in _variants(ours, theirs, kind, device, compile_ok):
+
+    def build(v: Variant) -> Callable:
         fn = _prepare(v, device)
         if kind == "training":
-            step = make_train_step(fn, v.net, d, x, amp, seed)
+            step = make_train_step(fn, v.net, d, x, amp, seed, graph=v.cuda_graph)
         else:
             step = make_sample_step(fn, v.net, d, x, amp, graph=v.cuda_graph, seed=seed)
-        steps[v.name] = step
         infos[v.name] = dict(channels_last=_is_channels_last(v.net),
                              compile=v.compile, cuda_graph=v.cuda_graph, library="diffusers" if v.diffusers else "ddpm_core")
         if not (v.compile or v.cuda_graph):  # the counter sees eager operators only
             flops[v.name] = count_flops(make_train_step(fn, v.net, d, x, amp, seed) if kind == "training" else step)
+        return step
+
+    variants_list = _variants(ours, theirs, kind, device, compile_ok)
+    for v in variants_list:
+        if not v.cuda_graph:
+            steps[v.name] = build(v)
     load_before = os.getloadavg()
     timings = time_alternating(steps, device, repeats, inner, warmup)
     for name, step in steps.items():
         memory[name] = _peak_memory(step, device)
+    # Captured variants one at a time, each timed in alternation with ddpm_core and diffusers and
+    # released before the next capture: a capture frees the cuBLAS workspaces that an earlier live
+    # graph still points to (two live graphs replayed in turn ended in an illegal memory access).
+    for v in variants_list:
+        if v.cuda_graph:
+            step = build(v)
+            t = time_alternating({v.name: step, "ddpm_core": steps["ddpm_core"], "diffusers": steps["diffusers"]},
+                                 device, repeats, inner, warmup)
+            timings[v.name] = t[v.name]
+            timings[v.name]["ratio_paired_diffusers"] = statistics.median(  # rounds of this variant's own run
+                b / a for a, b in zip(t[v.name]["wall_s"], t["diffusers"]["wall_s"]))
+            memory[v.name] = _peak_memory(step, device)
+            v.net, step = None, None
+            gc.collect()
+    timings = {v.name: timings[v.name] for v in variants_list}  # the listing order
     peak = bf16_peak(device)
     step_flops = flops.get("ddpm_core")
     variants = {}

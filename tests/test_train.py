@@ -432,3 +432,15 @@ def test_compile_uses_the_compiled_network_and_is_not_part_of_the_cache_key(monk
     tr.train(toy(compile=True), progress=False)
     assert len(seen) == TOY["steps"]
     assert tr.config_key(toy(compile=True)) == tr.config_key(toy())
+
+
+def test_cuda_graph_is_ignored_with_a_warning_off_cuda_and_changes_nothing():
+    plain = tr.train(toy(), progress=False)
+    with pytest.warns(UserWarning, match="cuda_graph is ignored: it needs a CUDA device"):
+        graphed = tr.train(toy(cuda_graph=True), progress=False)
+    for net_a, net_b in ((plain.model, graphed.model), (plain.ema, graphed.ema)):
+        for (k, p), q in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+            assert torch.equal(p, q), k
+    assert torch.equal(plain.history["loss"], graphed.history["loss"])
+    with pytest.raises(ValueError, match="cuda_graph.*True or False"):
+        toy(cuda_graph="yes")
