@@ -6,11 +6,11 @@ of the eager, compiled and compiled+graphed steps (the kernels sorted by their o
     OUT=/tmp python benchmarks/profile_gpu.py     # writes $OUT/explore.txt (about 3 minutes on an H100)
 
 benchmarks/gpu-2026-11-27-profile.txt is its output on an H100 (2026-11-27)."""
-import copy, os, sys, time
+import copy, os, time
 import torch
 from ddpm_core import bench, unet, schedules, diffusion as D
 
-OUT = os.environ.get("OUT", "/tmp"); T0 = time.time(); BUDGET = float(os.environ.get("EXPLORE_S", "200"))
+OUT = os.environ.get("OUT", "/tmp"); T0 = time.time()
 log = open(f"{OUT}/explore.txt", "w")
 def p(*a):
     s = " ".join(str(x) for x in a); print(s, flush=True); log.write(s + "\n"); log.flush()
@@ -25,13 +25,8 @@ amp = torch.bfloat16
 PEAK = bench.bf16_peak(dev) or 989e12
 
 def timeit(step, n=8):
-    for _ in range(3): step()
-    torch.cuda.synchronize(); ts = []
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(n): step()
-        torch.cuda.synchronize(); ts.append((time.perf_counter() - t) / n)
-    return sorted(ts)[1]
+    """Median step time of 3 rounds of n steps, after 3 warm-up steps."""
+    return bench.time_alternating({"step": step}, dev, repeats=3, inner=n, warmup=3)["step"]["step_s"]
 
 _net = copy.deepcopy(ours).to(dev)
 FLOPS = bench.count_flops(bench.make_train_step(_net, _net, d, x, amp, 0))  # one step, forward and backward

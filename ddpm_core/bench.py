@@ -266,19 +266,12 @@ def make_train_step(fn: Callable, net: nn.Module, d: _diffusion.GaussianDiffusio
 
 
 def cuda_graphed_update(update: Callable[[], torch.Tensor], warmup: int = 3) -> Callable[[], torch.Tensor]:
-    """A whole training update (no arguments: it reads fixed buffers) captured as one CUDA graph:
-    ``warmup`` eager updates on a side stream first (cuDNN autotuning, compilation, the optimiser's
-    state), then the capture; each call replays it. The returned loss tensor is overwritten by the
-    next call. The optimiser must be ``capturable``."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            update()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = update()
+    """A whole training update (no arguments: it reads fixed buffers) captured as one CUDA graph
+    (``train.capture_cuda_graph``); each call replays it. The returned loss tensor is overwritten by
+    the next call. The optimiser must be ``capturable``."""
+    from .train import capture_cuda_graph
+
+    graph, static_loss = capture_cuda_graph(update, warmup)
 
     def replay() -> torch.Tensor:
         graph.replay()
@@ -289,16 +282,14 @@ def cuda_graphed_update(update: Callable[[], torch.Tensor], warmup: int = 3) -> 
 def cuda_graphed(fn: Callable, x_t: torch.Tensor, t: torch.Tensor) -> Callable:
     """``fn(x_t, t)`` for inputs of this fixed shape, replayed from a captured CUDA graph (no
     per-kernel launch cost). The returned tensor is overwritten by the next call."""
+    from .train import capture_cuda_graph
+
     static_x, static_t = x_t.clone(), t.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.inference_mode():
-        for _ in range(3):  # warm-up outside the graph (cuDNN autotuning, workspaces)
-            fn(static_x, static_t)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        static_out = fn(static_x, static_t)
+
+    def call():
+        with torch.inference_mode():
+            return fn(static_x, static_t)
+    graph, static_out = capture_cuda_graph(call)  # warm-up: cuDNN autotuning, workspaces
 
     def replay(x, t):
         static_x.copy_(x)

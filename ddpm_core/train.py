@@ -253,6 +253,26 @@ def ema_update(ema_params: list, params: list, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
+def capture_cuda_graph(fn: Callable[[], Any], warmup: int = 3) -> tuple[Any, Any]:
+    """Capture ``fn()`` (no arguments: it reads fixed buffers) as a CUDA graph on the current device:
+    ``warmup`` eager calls on a side stream first (cuDNN autotuning, compilation, state created
+    lazily, e.g. the optimiser's), then the capture, which runs nothing.
+
+    :return: (the ``torch.cuda.CUDAGraph``, what ``fn`` returned during the capture: tensors that
+        each ``graph.replay()`` overwrites).
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def resolve_precision(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the network's forward pass, or None for float32."""
     if config.precision == "fp32":
@@ -668,10 +688,10 @@ class _Trainer:
         return out["loss"].detach(), loss.detach(), gnorm.detach()
 
     def _capture(self, model_fn) -> dict:
-        """Capture :meth:`_step_body` as a CUDA graph reading fixed input buffers. Three eager
-        updates on a side stream come first (cuDNN autotuning, compilation, the optimiser's state);
-        the weights, EMA and optimiser state are put back afterwards, in place (the graph holds
-        their addresses), so the capture changes no result."""
+        """Capture :meth:`_step_body` as a CUDA graph reading fixed input buffers
+        (:func:`capture_cuda_graph`). Its warm-up updates change the weights, EMA and optimiser
+        state: they are put back afterwards, in place (the graph holds their addresses), so the
+        capture changes no result."""
         n = self.config.batch_size // self.world
         bufs = {"x0": torch.zeros(n, *self.sample_shape, device=self.device),
                 "t": torch.zeros(n, dtype=torch.long, device=self.device),
@@ -685,15 +705,7 @@ class _Trainer:
         saved = [p.detach().clone() for p in tensors]
         lr, decay = self.lr_t.clone(), self.decay_t.clone()
         self.lr_t.zero_()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._step_body(*args())
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            bufs["losses"], bufs["loss"], bufs["gnorm"] = self._step_body(*args())
+        graph, (bufs["losses"], bufs["loss"], bufs["gnorm"]) = capture_cuda_graph(lambda: self._step_body(*args()))
         with torch.no_grad():
             torch._foreach_copy_(tensors, saved)
             self.lr_t.copy_(lr)
