@@ -469,6 +469,184 @@ def baseline_bits_per_dim(model: baselines.Baseline, x: torch.Tensor, seed: int 
     return {"bpd": float(per.mean()), "bpd_se": se, "per_image": per, "method": method, "seconds": sec}
 
 
+# ---------------------------------------------------------------------- a whole image study, saved or live
+@dataclass
+class ImageStudy:
+    """Every measurement of an image study (:func:`image_study`): all families, every seed, one
+    feature extractor, the same number of samples and the same test images.
+
+    :ivar dataset: the training data. :ivar config: the DDPM's ``TrainConfig`` as a dict (its
+        ``steps`` and ``batch_size`` are every family's budget). :ivar seeds: training seeds.
+    :ivar extractor: the feature extractor's name. :ivar n_eval: samples scored per model.
+    :ivar sample_steps: respaced ancestral steps of the DDPM's sampler. :ivar n_bpd: test images
+        of the bits/dim. :ivar evals: ``{family: [EvalResult per seed]}``; ``refs``: test images and
+        noise scored alike. :ivar bpd: ``{family: [bits/dim dict per seed]}`` (the GAN's hold None).
+    :ivar train_seconds: ``{family: [seconds per seed]}``. :ivar sample_seconds: ``{family: seconds
+        per sample}`` (mean over seeds). :ivar gan_losses: the GAN's D and G losses, means over the last
+        100 updates and the seeds. :ivar machine: where and when it was measured.
+    :ivar ddpms, runs: the trained models (live studies only; a loaded one has None).
+    """
+
+    dataset: str
+    config: dict
+    seeds: list
+    extractor: str
+    n_eval: int
+    sample_steps: int
+    n_bpd: int
+    evals: dict
+    refs: dict
+    bpd: dict
+    train_seconds: dict
+    sample_seconds: dict
+    gan_losses: dict
+    machine: dict
+    ddpms: list | None = None
+    runs: dict | None = None
+
+    SAMPLES_KEPT = 36  # samples of each model (and test images) that a saved study keeps, for the grids
+
+    def rows(self, sampled_with: dict[str, str] | None = None) -> list[dict]:
+        """The rows of :func:`image_table` and :func:`seed_table`: the four families, then the test
+        images and noise."""
+        made = {"gan": "one pass of G", "vae": "one pass of the decoder", "flow": "one pass of f^-1",
+                "ddpm": f"{self.sample_steps} ancestral steps", **(sampled_with or {})}
+        updates = f"{self.config['steps']:,} x {self.config['batch_size']}"
+        out = [dict(model=FAMILY_NAMES[f], eval=self.evals[f], bpd=self.bpd[f], train_seconds=self.train_seconds[f],
+                    updates=updates, sample_seconds=self.sample_seconds[f], sampler=made[f]) for f in FAMILIES]
+        return out + [dict(model="test images", eval=self.refs["test"]), dict(model="noise", eval=self.refs["noise"])]
+
+    def stat(self, quantity: str) -> dict[str, dict[str, float]]:
+        """``{family: summarize(...)}`` of ``"fid"``, ``"kid_mean"`` or ``"is_mean"`` over the seeds,
+        or of ``"bpd"`` (families with a likelihood only)."""
+        if quantity == "bpd":
+            return {f: summarize([b["bpd"] for b in bs]) for f, bs in self.bpd.items() if bs[0]["bpd"] is not None}
+        return {f: summarize([getattr(e, quantity) for e in es]) for f, es in self.evals.items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.json`` (every number) and ``<path>.npz`` (the first :attr:`SAMPLES_KEPT`
+        samples of each model and of the test images, uint8). Both are written atomically."""
+        import os
+        from dataclasses import asdict, fields
+
+        from .features import quantize
+
+        path = Path(path).with_suffix("")
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def result(e):
+            return {k: v for k, v in asdict(e).items() if k not in ("samples", "bpd_detail")}
+
+        def likelihood(b):
+            return {k: b.get(k) for k in ("bpd", "bpd_se", "method", "n", "seconds")}
+
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ddpms", "runs")}
+        record.update(schema="ddpm_core.compare.ImageStudy/1",
+                      evals={f: [result(e) for e in es] for f, es in self.evals.items()},
+                      refs={k: result(e) for k, e in self.refs.items()},
+                      bpd={f: [likelihood(b) for b in bs] for f, bs in self.bpd.items()})
+        arrays = {f"{f}_{i}": quantize(e.samples[:self.SAMPLES_KEPT]).numpy()
+                  for f, es in self.evals.items() for i, e in enumerate(es)}
+        arrays.update({f"ref_{k}": quantize(e.samples[:self.SAMPLES_KEPT]).numpy() for k, e in self.refs.items()})
+        for suffix, write in ((".json", lambda f: f.write(json.dumps(record, indent=1).encode())),
+                              (".npz", lambda f: np.savez_compressed(f, **arrays))):
+            tmp = path.with_name(f"{path.name}{suffix}.tmp{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                write(fh)
+            os.replace(tmp, path.with_suffix(suffix))
+        return path.with_suffix(".json")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ImageStudy":
+        """A study written by :meth:`save`; its results hold the kept samples as float images in [-1, 1]."""
+        from .evaluation import EvalResult
+
+        path = Path(path).with_suffix("")
+        js, npz = path.with_suffix(".json"), path.with_suffix(".npz")
+        for f in (js, npz):
+            if not f.is_file():
+                raise FileNotFoundError(f"saved image study {f} not found; write one with "
+                                        "compare.image_study(...).save(path) (see compare.colour_study)")
+        record = json.loads(js.read_text())
+        if record.pop("schema", None) != "ddpm_core.compare.ImageStudy/1":
+            raise ValueError(f"{js} is not a saved image study (schema ddpm_core.compare.ImageStudy/1)")
+        with np.load(npz) as arrays:
+            images = {k: torch.from_numpy(arrays[k]).float() / 127.5 - 1.0 for k in arrays.files}
+
+        def result(d, key):
+            return EvalResult(**d, samples=images[key])
+
+        record["evals"] = {f: [result(d, f"{f}_{i}") for i, d in enumerate(ds)] for f, ds in record["evals"].items()}
+        record["refs"] = {k: result(d, f"ref_{k}") for k, d in record["refs"].items()}
+        return cls(**record)
+
+
+def image_study(config, seeds: Sequence[int] = IMAGE_SEEDS, extractor: str | None = None, n_eval: int = 200,
+                sample_steps: int = 50, n_bpd: int = 8, progress: bool = True) -> ImageStudy:
+    """Train (or load) every family with every seed on ``config.dataset`` (:func:`image_models`) and
+    measure them alike.
+
+    FID, IS and KID of ``n_eval`` samples of each model against the training set, with one feature
+    extractor (default ``"classifier:<dataset>"``); the same for ``n_eval`` test images and noise.
+    The DDPM samples with ``sample_steps`` respaced ancestral steps (Algorithm 2 of Ho et al. 2020)
+    with the EMA weights. Bits/dim of the first ``n_bpd`` test images: the VAE's importance-weighted
+    bound, the flow's exact dequantised likelihood, the DDPM's variational bound over all T steps
+    (:func:`baseline_bits_per_dim`, ``evaluation.bits_per_dim``); noise seeded 1.
+    """
+    from dataclasses import asdict
+
+    from . import bench, evaluation, features
+    from .data import load_dataset
+
+    ddpms, runs = image_models(config, seeds, progress=progress)
+    ext = features.get_extractor(extractor or f"classifier:{config.dataset}")
+    evals, sample_seconds = {}, {}
+    for fam, ms in runs.items():  # every seed's model, the same number of samples
+        scored = [score_baseline(m, n_eval, ext, dataset=config.dataset) for m in ms]
+        evals[fam], sample_seconds[fam] = [e for e, _ in scored], float(np.mean([s for _, s in scored]))
+    evals["ddpm"] = [evaluation.evaluate(r.ema, r.diffusion, config.dataset, n_samples=n_eval, extractor=ext,
+                                         sampler="ddpm", steps=sample_steps, bpd_examples=0, label="DDPM",
+                                         progress=progress) for r in ddpms]
+    sample_seconds["ddpm"] = float(np.mean([e.seconds["sampling"] for e in evals["ddpm"]])) / n_eval
+    refs = {kind: evaluation.evaluate_reference(config.dataset, kind, n=n_eval, extractor=ext)
+            for kind in ["test", "noise"]}
+    test_x = load_dataset(config.dataset, "test").x[:n_bpd]
+    bpd = {fam: [baseline_bits_per_dim(m, test_x, seed=1) for m in ms] for fam, ms in runs.items()}
+    bpd["ddpm"] = [evaluation.bits_per_dim(r.ema, r.diffusion, test_x, strided=None, progress=progress,
+                                           generator=torch.Generator(device=evaluation._device(r.ema)).manual_seed(1))
+                   for r in ddpms]
+    train_seconds = {fam: [float(m.history["wall_time"]) for m in ms] for fam, ms in runs.items()}
+    train_seconds["ddpm"] = [float(r.history["wall_time"]) for r in ddpms]
+    gan = runs.get("gan", [])
+    gan_losses = {k: float(np.mean([m.history[k][-100:] for m in gan])) for k in ("loss_d", "loss_g")} if gan else {}
+    return ImageStudy(dataset=config.dataset, config=asdict(config), seeds=list(seeds), extractor=ext.name,
+                      n_eval=n_eval, sample_steps=sample_steps, n_bpd=n_bpd, evals=evals, refs=refs, bpd=bpd,
+                      train_seconds=train_seconds, sample_seconds=sample_seconds, gan_losses=gan_losses,
+                      machine=bench.machine_info(runtime.get_device()), ddpms=ddpms, runs=runs)
+
+
+# The colour study: the image study on 32x32 colour crops of photographs (data "photo-crops"), with
+# the GPU profile's larger baselines and book_config("photo-crops"). It runs live in the GPU profile;
+# elsewhere chapter 1 shows the saved run of COLOUR_STUDY_FILE (measured on a GPU).
+COLOUR_STUDY_FILE = Path(__file__).resolve().parent / "data" / "colour_study"
+COLOUR_EVAL = dict(n_eval=800, sample_steps=250, n_bpd=64)  # 800 of the 875 test crops
+
+
+def colour_study(progress: bool = True, **changes: Any) -> ImageStudy:
+    """Run the colour study (in the GPU profile: minutes on one GPU); ``changes`` go to
+    ``book_config("photo-crops")`` (e.g. ``steps`` for a quick test)."""
+    from . import train
+
+    evaluation_kw = {k: changes.pop(k) for k in list(changes) if k in COLOUR_EVAL or k == "seeds"}
+    return image_study(train.book_config("photo-crops", **changes), progress=progress,
+                       **{**COLOUR_EVAL, **evaluation_kw})
+
+
+def load_colour_study(path: str | Path | None = None) -> ImageStudy:
+    """The saved colour study shipped with the package (or the one at ``path``)."""
+    return ImageStudy.load(COLOUR_STUDY_FILE if path is None else path)
+
+
 def _seeds(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 

@@ -1042,6 +1042,14 @@ GPU_PRESETS: dict[str, TrainConfig] = {
     # 67.9 ms eagerly and 76.9 ms for diffusers' UNet2DModel (benchmarks/gpu-2026-11-27.json).
     "cifar10": TrainConfig(dataset="cifar10", preset="ddpm-cifar10", flip=True, dropout=0.1, checkpoint_every=5000,
                            compile=True, cuda_graph=True),
+    # Chapter 1's colour study (GPU profile): the cpu-crops U-Net (2.2M parameters) on 32x32 colour
+    # crops of photographs, T = 1000 with the paper's schedule; 1,000 updates of 64 crops (~16 passes
+    # over the 3,950 training crops), each captured as a CUDA graph. The GAN, VAE and flow of the
+    # study train with the same updates and batches (compare.image_study). 3,000 updates of all twelve
+    # models took over 6 minutes of an H100 (the flow's ~900 small kernels per update dominate).
+    "photo-crops": TrainConfig(dataset="photo-crops", preset="cpu-crops", T=1000, batch_size=64, lr=5e-4,
+                               warmup_steps=100, ema_decay=0.995, dropout=0.0, steps=1000, checkpoint_every=1000,
+                               log_every=100, cuda_graph=True),
 }
 BOOK_CONFIGS.update(CPU_PRESETS)
 BOOK_CONFIGS.update(GPU_PRESETS)

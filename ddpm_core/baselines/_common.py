@@ -132,6 +132,9 @@ def save_checkpoint(model: Baseline, path: str | os.PathLike, history: dict | No
     return path
 
 
+NAN_CHECK_EVERY = 100  # updates between checks for a NaN or infinite loss (one host sync each)
+
+
 def fit(
     model: Baseline,
     data: torch.Tensor | Iterable,
@@ -168,7 +171,7 @@ def fit(
     model.train()
     bar = tqdm(total=steps, desc=f"train {model.family}", disable=not progress, leave=False)
     start = time.perf_counter()
-    step = 0
+    step = checked = 0
     while (steps is None or step < steps) and (time_budget is None or time.perf_counter() - start < time_budget):
         x = next(batches).to(device, non_blocking=True)
         if step == 0:
@@ -180,13 +183,21 @@ def fit(
         bar.update(1)
         if progress and (step % 10 == 0 or step == 1):  # one host sync every 10 steps, not every step
             bar.set_postfix({k: f"{v.item():.4g}" for k, v in out.items()})
-        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+        saving = checkpoint is not None and checkpoint_every and step % checkpoint_every == 0
+        if step % NAN_CHECK_EVERY == 0 or saving:  # a diverged run stops now and is never saved (raised below)
+            if not bool(torch.isfinite(torch.stack(records["loss"][checked:])).all()):
+                break
+            checked = step
+        if saving:
             save_checkpoint(model, checkpoint, _history(records, start, step))
     bar.close()
     history = _history(records, start, step)
-    if not all(math.isfinite(v) for v in history.get("loss", [])):
+    bad = next((i for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)), None)
+    if bad is not None:
+        lr_used = model.default_lr if lr is None else lr
         raise FloatingPointError(
-            f"the {model.family} loss became NaN or infinite during training; lower lr or batch noise"
+            f"the {model.family} loss became NaN or infinite at update {bad + 1} of training (lr {lr_used:g}); "
+            "lower lr or batch noise" + ("" if checkpoint is None else f"; nothing after the divergence was written to {checkpoint}")
         )
     if checkpoint is not None:
         save_checkpoint(model, checkpoint, history)
