@@ -506,15 +506,15 @@ class ImageStudy:
 
     SAMPLES_KEPT = 36  # samples of each model (and test images) that a saved study keeps, for the grids
 
-    def rows(self, sampled_with: dict[str, str] | None = None) -> list[dict]:
+    def rows(self, sampled_with: dict[str, str] | None = None, test_label: str = "test images") -> list[dict]:
         """The rows of :func:`image_table` and :func:`seed_table`: the four families, then the test
-        images and noise."""
+        images (named ``test_label``) and noise."""
         made = {"gan": "one pass of G", "vae": "one pass of the decoder", "flow": "one pass of f^-1",
                 "ddpm": f"{self.sample_steps} ancestral steps", **(sampled_with or {})}
         updates = f"{self.config['steps']:,} x {self.config['batch_size']}"
         out = [dict(model=FAMILY_NAMES[f], eval=self.evals[f], bpd=self.bpd[f], train_seconds=self.train_seconds[f],
                     updates=updates, sample_seconds=self.sample_seconds[f], sampler=made[f]) for f in FAMILIES]
-        return out + [dict(model="test images", eval=self.refs["test"]), dict(model="noise", eval=self.refs["noise"])]
+        return out + [dict(model=test_label, eval=self.refs["test"]), dict(model="noise", eval=self.refs["noise"])]
 
     def stat(self, quantity: str) -> dict[str, dict[str, float]]:
         """``{family: summarize(...)}`` of ``"fid"``, ``"kid_mean"`` or ``"is_mean"`` over the seeds,

@@ -211,3 +211,42 @@ def test_clear_errors_for_wrong_family_shape_and_range():
         baselines.train(model, torch.zeros(8, 1, 28, 28), steps=1, progress=False)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         baselines.train(model, torch.full((8, 1, 8, 8), 255.0), steps=1, progress=False)
+
+
+def test_a_diverged_run_stops_at_the_next_check_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+    """A NaN loss stops fit() within NAN_CHECK_EVERY updates (not after all of them) with an error
+    that names the update, and the checkpoint written before the divergence stays as it was."""
+    from ddpm_core.baselines import _common
+
+    monkeypatch.setattr(_common, "NAN_CHECK_EVERY", 4)
+    model = baselines.build("vae", (2,))
+    real, calls = model.training_step, []
+
+    def step(x, optimizers, generator):
+        calls.append(1)
+        out = real(x, optimizers, generator)
+        return {"loss": out["loss"] * float("nan")} if len(calls) >= 6 else out
+
+    model.training_step = step
+    path = tmp_path / "vae.pt"
+    with pytest.raises(FloatingPointError, match="at update 6 of training"):
+        _common.fit(model, ring(64), steps=100, batch_size=16, checkpoint=path, checkpoint_every=4, progress=False)
+    assert len(calls) == 8  # stopped at the check after update 8, not at update 100
+    saved = torch.load(path, weights_only=False)
+    assert saved["history"]["steps"] == 4 and all(math.isfinite(v) for v in saved["history"]["loss"])
+
+
+def test_vae_decoder_log_scale_is_bounded_so_log_probabilities_stay_finite():
+    """A decoder pushed to an absurd scale is held at LOG_SCALE_MAX, where every 8-bit level keeps a
+    finite log-probability (above ~e^98 the bin mass underflows to 0 in float32)."""
+    from ddpm_core.baselines import vae
+
+    model = baselines.build("vae", (1, 8, 8))
+    with torch.no_grad():
+        model.decoder.net[-1].bias.fill_(500.0)
+        mean, log_s = model.decode(torch.zeros(2, model.z_dim))
+    assert float(log_s.max()) == vae.LOG_SCALE_MAX and float(log_s.min()) >= vae.LOG_SCALE_MIN
+    x = torch.linspace(-1, 1, 256).view(1, 1, 16, 16)
+    assert torch.isfinite(vae.discretized_logistic_log_prob(x, torch.zeros_like(x), torch.full_like(x, vae.LOG_SCALE_MAX))).all()
+    assert not torch.isfinite(vae.discretized_logistic_log_prob(x, torch.zeros_like(x), torch.full_like(x, 110.0))).all()
+    assert baselines.build("vae", (3, 32, 32), size="gpu").default_lr < baselines.build("vae", (3, 32, 32)).default_lr

@@ -1,6 +1,7 @@
 """Tests of ddpm_core.compare: mode coverage and sample quality on 2-D mixtures, seed summaries,
 the cache of trained baselines."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +236,57 @@ def test_toy_ddpm_samples_with_respaced_steps_when_asked(tmp_path, monkeypatch):
     assert n_full == run.model.diffusion.num_timesteps and len(calls) - n_full == 10
     assert full.shape == short.shape == (5, 2) and not torch.equal(full, short)
     assert 0 < compare.TOY_SAMPLE_STEPS < run.model.diffusion.num_timesteps
+
+
+def test_image_study_measures_every_family_alike_and_round_trips_through_its_files(tmp_path, monkeypatch):
+    """compare.image_study on the 8x8 digits with a tiny budget: every family and seed is scored with
+    the same extractor and number of samples; save + load keep every number and the first samples
+    (as 8-bit images), and the tables come out the same."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    monkeypatch.setenv("DDPM_WORKERS", "1")
+    config = train.book_config("digits", steps=2, log_every=1, checkpoint_every=2)
+    study = compare.image_study(config, seeds=(0, 1), n_eval=10, sample_steps=3, n_bpd=2, progress=False)
+    assert study.dataset == "digits" and study.config["steps"] == 2 and study.seeds == [0, 1]
+    assert sorted(study.evals) == sorted(compare.FAMILIES) and all(len(v) == 2 for v in study.evals.values())
+    assert {e.extractor for es in study.evals.values() for e in es} == {study.extractor}
+    assert all(e.n_samples == 10 and e.samples.shape == (10, 1, 8, 8) for es in study.evals.values() for e in es)
+    assert study.evals["ddpm"][0].steps == 3 and len(study.ddpms) == 2
+    assert all(b["bpd"] is None for b in study.bpd["gan"])
+    assert all(0 < b["bpd"] < 20 for f in ("vae", "flow", "ddpm") for b in study.bpd[f])
+    assert study.bpd["ddpm"][0]["method"].startswith("exact") and study.bpd["ddpm"][0]["n"] == 2
+    assert set(study.gan_losses) == {"loss_d", "loss_g"} and study.machine["device"] == "cpu"
+    assert sorted(study.stat("bpd")) == ["ddpm", "flow", "vae"] and study.stat("fid")["gan"]["n"] == 2
+
+    path = study.save(tmp_path / "study")
+    assert path == tmp_path / "study.json" and (tmp_path / "study.npz").is_file()
+    back = compare.ImageStudy.load(tmp_path / "study")
+    assert back.ddpms is None and back.runs is None
+    for f in compare.FAMILIES:
+        for e, b in zip(study.evals[f], back.evals[f]):
+            assert (b.fid, b.kid_mean, b.is_mean, b.seconds) == (e.fid, e.kid_mean, e.is_mean, e.seconds)
+            assert (b.samples - e.samples).abs().max() <= 0.5 / 127.5 + 1e-6  # kept as 8-bit images
+        assert [x["bpd"] for x in back.bpd[f]] == [x["bpd"] for x in study.bpd[f]]
+    assert back.refs["noise"].fid == study.refs["noise"].fid
+    assert compare.image_table(back.rows()).equals(compare.image_table(study.rows()))
+    assert compare.seed_table(back.rows()).equals(compare.seed_table(study.rows()))
+
+    with pytest.raises(FileNotFoundError, match="compare.image_study"):
+        compare.ImageStudy.load(tmp_path / "nothing")
+    (tmp_path / "bad.json").write_text('{"schema": "something else"}')
+    (tmp_path / "bad.npz").write_bytes((tmp_path / "study.npz").read_bytes())
+    with pytest.raises(ValueError, match="not a saved image study"):
+        compare.ImageStudy.load(tmp_path / "bad.json")
+
+
+def test_colour_study_configuration_is_the_crop_data_with_a_colour_u_net():
+    """book_config("photo-crops"): 3x32x32 colour crops, a network of that shape, and evaluation
+    settings the crops allow (no more samples than test crops)."""
+    config = train.book_config("photo-crops")
+    test = data.load_dataset("photo-crops", "test")
+    net = train.build_network(config)
+    x = test.x[:2]
+    assert x.shape[1:] == (3, 32, 32) and net(x, torch.tensor([0, 999])).shape == x.shape
+    assert compare.COLOUR_EVAL["n_eval"] <= len(test.x) and compare.COLOUR_EVAL["n_bpd"] <= len(test.x)
+    assert config.cuda_graph and not config.compile and test.num_classes == len(data.PHOTOS)
+    with pytest.raises(FileNotFoundError):
+        compare.load_colour_study(Path("/nonexistent/colour_study"))
