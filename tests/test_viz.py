@@ -140,3 +140,24 @@ def test_png_bytes_stores_grey_as_one_channel():
     colour = viz.image_grid(_batch(n=2, h=4, w=4))
     assert Image.open(io.BytesIO(viz.png_bytes(grey))).mode == "L"
     assert Image.open(io.BytesIO(viz.png_bytes(colour))).mode == "RGB"
+
+
+def test_prose_checks_fail_in_the_profile_the_text_was_written_for_and_warn_elsewhere(monkeypatch):
+    from ddpm_core import runtime
+
+    monkeypatch.setattr(runtime, "get_profile", lambda: "cpu")
+    with pytest.raises(AssertionError, match="fid"):
+        with viz.prose_checks():
+            assert 2 < 1, "fid"
+    with viz.prose_checks():  # checks that hold pass silently
+        assert 1 < 2
+    monkeypatch.setattr(runtime, "get_profile", lambda: "gpu")
+    after = []
+    with pytest.warns(UserWarning, match=r"does not hold in this gpu run.*ddpm 14 > gan 12"):
+        with viz.prose_checks():
+            assert 14 < 12, "ddpm 14 > gan 12"
+            after.append(1)
+    assert after == []  # the checks after a failing one are skipped
+    with pytest.raises(KeyError):  # a broken check cell is not a statement of the text: it still fails
+        with viz.prose_checks():
+            {}["missing"]
