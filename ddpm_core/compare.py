@@ -9,8 +9,11 @@ Three kinds of helpers:
   VEEGAN, and Metz et al. 2017, unrolled GANs, with the threshold stated as a share).
 * **Cached training** of the baselines (``get_baseline``) and of the 2-D DDPMs (``get_ddpm``), one
   run per (family, data, steps, seed), so the book and its tests train each model once.
-* **Seeds and timing**: ``summarize`` (mean, std, min, max over seeds), ``timed`` and
-  ``sample_timed`` (seconds per sample), ``image_metrics`` (FID, IS, KID with one extractor).
+* **Seeds and timing**: ``summarize`` (mean, std, min, max over seeds), ``timed``, and
+  ``sample_baseline`` / ``score_baseline`` (seconds per sample; FID, IS, KID with one extractor).
+* **The image study** (``image_study``): every family and seed trained with one budget and scored
+  alike, as an ``ImageStudy`` that saves to JSON + npz and loads back; ``colour_study`` is the one
+  on colour crops of photographs that chapter 1 runs in the GPU profile.
 """
 from __future__ import annotations
 
