@@ -519,6 +519,27 @@ class ImageStudy:
                     updates=updates, sample_seconds=self.sample_seconds[f], sampler=made[f]) for f in FAMILIES]
         return out + [dict(model=test_label, eval=self.refs["test"]), dict(model="noise", eval=self.refs["noise"])]
 
+    def describe(self):
+        """How the study was measured, as a ``pandas.Series`` for the book: data, budget, seeds,
+        extractor, samples, the DDPM's sampler, the bits/dim images, the machine and the date."""
+        import pandas as pd
+
+        m = self.machine
+        machine = m.get("gpu") or f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch threads)"
+        return pd.Series({
+            "data": f"{self.dataset} (training split)",
+            "budget of every model": f"{self.config['steps']:,} updates x {self.config['batch_size']} images",
+            "training seeds": ", ".join(str(s) for s in self.seeds),
+            "model sizes": f"{self.evals['ddpm'][0].profile} profile",
+            "features (FID, IS, KID)": self.extractor,
+            "samples scored per model": self.n_eval,
+            "DDPM sampler": f"ancestral, {self.sample_steps} respaced steps",
+            "bits/dim on": f"{self.n_bpd} test images",
+            "measured on": machine,
+            "date": m.get("date", "?")[:10],
+            "torch": m.get("torch", "?"),
+        }, name="colour study" if self.dataset == "photo-crops" else "image study")
+
     def stat(self, quantity: str) -> dict[str, dict[str, float]]:
         """``{family: summarize(...)}`` of ``"fid"``, ``"kid_mean"`` or ``"is_mean"`` over the seeds,
         or of ``"bpd"`` (families with a likelihood only)."""

@@ -268,6 +268,9 @@ def test_image_study_measures_every_family_alike_and_round_trips_through_its_fil
         assert [x["bpd"] for x in back.bpd[f]] == [x["bpd"] for x in study.bpd[f]]
     assert back.refs["noise"].fid == study.refs["noise"].fid
     assert compare.image_table(back.rows()).equals(compare.image_table(study.rows()))
+    about = back.describe()
+    assert about["budget of every model"] == "2 updates x 64 images" and about["samples scored per model"] == 10
+    assert about["model sizes"] == "cpu profile" and "cores" in about["measured on"] and about["date"][:2] == "20"
     assert compare.seed_table(back.rows()).equals(compare.seed_table(study.rows()))
 
     with pytest.raises(FileNotFoundError, match="compare.image_study"):
