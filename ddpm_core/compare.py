@@ -550,7 +550,6 @@ class ImageStudy:
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.json`` (every number) and ``<path>.npz`` (the first :attr:`SAMPLES_KEPT`
         samples of each model and of the test images, uint8). Both are written atomically."""
-        import os
         from dataclasses import asdict, fields
 
         from .features import quantize
@@ -574,10 +573,7 @@ class ImageStudy:
         arrays.update({f"ref_{k}": quantize(e.samples[:self.SAMPLES_KEPT]).numpy() for k, e in self.refs.items()})
         for suffix, write in ((".json", lambda f: f.write(json.dumps(record, indent=1).encode())),
                               (".npz", lambda f: np.savez_compressed(f, **arrays))):
-            tmp = path.with_name(f"{path.name}{suffix}.tmp{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                write(fh)
-            os.replace(tmp, path.with_suffix(suffix))
+            runtime.atomic_write(path.with_suffix(suffix), write)
         return path.with_suffix(".json")
 
     @classmethod

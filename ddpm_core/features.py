@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -406,12 +405,10 @@ def classifier_extractor(dataset: str = "mnist5k", config: ClassifierConfig = Cl
         acc = _accuracy(model, test.x, test.y, device)
         if verbose:
             print(f"trained the {dataset} classifier in {time.perf_counter() - start:.1f} s, test accuracy {acc:.1%}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(dict(state_dict={k: v.cpu() for k, v in model.state_dict().items()},
-                        shape=[model.in_channels, model.image_size, model.num_classes],
-                        test_accuracy=acc, spec=json.dumps(spec)), tmp)
-        os.replace(tmp, path)  # atomic: parallel notebooks never read half a file
+        saved = dict(state_dict={k: v.cpu() for k, v in model.state_dict().items()},
+                     shape=[model.in_channels, model.image_size, model.num_classes],
+                     test_accuracy=acc, spec=json.dumps(spec))
+        runtime.atomic_write(path, lambda f: torch.save(saved, f))  # parallel notebooks never read half a file
     name = f"LeNet-style classifier trained on {dataset} (test acc {acc:.1%})"
     return ClassifierExtractor(model, name, key, acc, device)
 
@@ -478,8 +475,5 @@ def reference_stats(dataset: str, split: str = "train", extractor: FeatureExtrac
     stats = extractor.stats(data.x, batch_size)
     stats.meta = dict(dataset=dataset, split=split, extractor=extractor.name)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-        stats.save(tmp, **stats.meta)
-        os.replace(tmp, path)
+        runtime.atomic_write(path, lambda f: stats.save(f, **stats.meta))
     return stats

@@ -8,8 +8,10 @@ of trained models and statistics (default ``~/.cache/ddpm_core``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -44,6 +46,38 @@ def cache_dir() -> Path:
     """Directory for trained models, reference statistics and datasets (``$DDPM_CACHE``)."""
     path = Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm_core")).expanduser()
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], durable: bool = False) -> Path:
+    """Write ``path`` so that a reader sees the old file or the new one, never half of one.
+
+    ``write(f)`` fills a temporary file (an open binary file) in the same folder, which then
+    replaces ``path`` with ``os.replace``. If ``write`` raises, the temporary file is removed and
+    ``path`` is left as it was. ``durable`` also fsyncs the file and then its folder, so that the
+    new version survives a crash of the machine (training checkpoints). Parallel writers (notebooks
+    that share a cache) each use their own temporary file; the last one to finish wins.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if durable:
+        with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     return path
 
 

@@ -373,24 +373,9 @@ def _seed(*parts) -> int:
 
 # ---------------------------------------------------------------------- checkpoints
 def _atomic_save(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader
-    sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """``torch.save`` through ``runtime.atomic_write`` (fsynced): a reader sees the old checkpoint
+    or the new one, never half of one, even after a crash of the machine."""
+    runtime.atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
 _REQUIRED_KEYS = ("format", "config", "step", "model", "ema", "optimizer", "sampler", "rng", "history",
@@ -919,9 +904,8 @@ def get_trained(config: TrainConfig, progress: bool = True) -> TrainResult:
     shorter = shorter_cached_run(config) if not path.exists() else None
     if shorter is not None:  # continue it: bit for bit the same as training from scratch
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (CHECKPOINT_NAME + ".copy")
-        shutil.copyfile(shorter, tmp)
-        os.replace(tmp, path)
+        with open(shorter, "rb") as src:
+            runtime.atomic_write(path, lambda f: shutil.copyfileobj(src, f))
     if path.exists():
         try:
             result = load_checkpoint(path)

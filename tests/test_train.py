@@ -444,3 +444,22 @@ def test_cuda_graph_is_ignored_with_a_warning_off_cuda_and_changes_nothing():
     assert torch.equal(plain.history["loss"], graphed.history["loss"])
     with pytest.raises(ValueError, match="cuda_graph.*True or False"):
         toy(cuda_graph="yes")
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_path, durable):
+    from ddpm_core import runtime
+
+    path = tmp_path / "sub" / "file.bin"
+    assert runtime.atomic_write(path, lambda f: f.write(b"first"), durable=durable) == path
+    assert path.read_bytes() == b"first"
+
+    def failing(f):
+        f.write(b"half of the second")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        runtime.atomic_write(path, failing, durable=durable)
+    assert path.read_bytes() == b"first"  # the old version, whole
+    assert [p.name for p in path.parent.iterdir()] == ["file.bin"]  # no temporary file left behind
+    runtime.atomic_write(path, lambda f: f.write(b"second"), durable=durable)
+    assert path.read_bytes() == b"second"

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import runtime
+
 LN2 = math.log(2.0)
 
 
@@ -123,13 +125,9 @@ def _batches(data: torch.Tensor | Iterable, batch_size: int, generator: torch.Ge
 
 def save_checkpoint(model: Baseline, path: str | os.PathLike, history: dict | None = None) -> Path:
     """Write ``{config, state_dict, history}`` atomically: a temporary file, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"config": dict(model.config), "state_dict": state, "history": history}, tmp)
-    os.replace(tmp, path)
-    return path
+    saved = {"config": dict(model.config), "state_dict": state, "history": history}
+    return runtime.atomic_write(path, lambda f: torch.save(saved, f))
 
 
 NAN_CHECK_EVERY = 100  # updates between checks for a NaN or infinite loss (one host sync each)
