@@ -667,6 +667,16 @@ def load_colour_study(path: str | Path | None = None) -> ImageStudy:
     return ImageStudy.load(COLOUR_STUDY_FILE if path is None else path)
 
 
+def book_colour_study(progress: bool = True, path: str | Path | None = None) -> ImageStudy | None:
+    """Chapter 1's colour study: trained and measured here in the GPU profile (:func:`colour_study`);
+    elsewhere the saved run of ``COLOUR_STUDY_FILE`` (or ``path``), or None where none is saved
+    (twelve models on colour crops take hours of a 2-core CPU)."""
+    if runtime.get_profile() == "gpu":
+        return colour_study(progress=progress)
+    path = Path(COLOUR_STUDY_FILE if path is None else path)
+    return ImageStudy.load(path) if path.with_suffix(".json").is_file() else None
+
+
 def _seeds(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 

@@ -272,6 +272,10 @@ def test_image_study_measures_every_family_alike_and_round_trips_through_its_fil
     assert about["budget of every model"] == "2 updates x 64 images" and about["samples scored per model"] == 10
     assert about["model sizes"] == "cpu profile" and "cores" in about["measured on"] and about["date"][:2] == "20"
     assert compare.seed_table(back.rows()).equals(compare.seed_table(study.rows()))
+    monkeypatch.setenv("DDPM_PROFILE", "cpu")  # the chapter's colour section: the saved run, or None
+    shown = compare.book_colour_study(path=tmp_path / "study")
+    assert shown.evals["ddpm"][0].fid == study.evals["ddpm"][0].fid
+    assert compare.book_colour_study(path=tmp_path / "nothing") is None
 
     with pytest.raises(FileNotFoundError, match="compare.image_study"):
         compare.ImageStudy.load(tmp_path / "nothing")
