@@ -304,8 +304,8 @@ def test_colour_study_runs_end_to_end_on_colour_crops(tmp_path, monkeypatch):
     every family trains on 3x32x32 crops and is scored with the crop classifier's features."""
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
     monkeypatch.setenv("DDPM_WORKERS", "1")
-    study = compare.colour_study(steps=2, batch_size=8, T=50, log_every=1, checkpoint_every=2, cuda_graph=False, seeds=(0,),
-                                 n_eval=8, sample_steps=3, n_bpd=2, progress=False)
+    study = compare.colour_study(steps=2, batch_size=8, T=50, log_every=1, checkpoint_every=2, cuda_graph=False,
+                                 seeds=(0,), n_eval=8, sample_steps=3, n_bpd=2, progress=False)
     assert study.dataset == "photo-crops" and study.config["T"] == 50 and study.seeds == [0]
     assert "photo-crops" in study.extractor and (study.n_eval, study.sample_steps, study.n_bpd) == (8, 3, 2)
     for f in compare.FAMILIES:
