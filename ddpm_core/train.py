@@ -903,7 +903,6 @@ def get_trained(config: TrainConfig, progress: bool = True) -> TrainResult:
     path = folder / CHECKPOINT_NAME
     shorter = shorter_cached_run(config) if not path.exists() else None
     if shorter is not None:  # continue it: bit for bit the same as training from scratch
-        folder.mkdir(parents=True, exist_ok=True)
         with open(shorter, "rb") as src:
             runtime.atomic_write(path, lambda f: shutil.copyfileobj(src, f))
     if path.exists():
