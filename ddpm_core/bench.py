@@ -417,12 +417,14 @@ def bench_case(preset: str, batch: int, kind: str, device: torch.device, repeats
 
 
 # ---------------------------------------------------------------------- CPU settings
-def bench_cpu_settings(preset: str = "cpu-mnist", batch: int = 32, repeats: int = 5, compile_too: bool = False,
-                       seed: int = 0, overrides: dict | None = None) -> dict:
+def bench_cpu_settings(preset: str = CPU_CASES[0][0], batch: int = CPU_CASES[0][1], repeats: int = 5,
+                       compile_too: bool = False, seed: int = 0, overrides: dict | None = None) -> dict:
     """What helps training on a small CPU: 1 vs 2 threads, channels-last vs NCHW weights and,
-    with ``compile_too``, ``torch.compile`` (its compile time is ``warmup_s``). ddpm_core only."""
+    with ``compile_too``, ``torch.compile`` (its compile time is ``warmup_s``). ddpm_core only.
+    The defaults are the first of ``CPU_CASES`` (the network as the CPU profile trains it)."""
     device = torch.device("cpu")
-    overrides = {"dropout": 0.0} if overrides is None else overrides  # as the CPU profile trains
+    if overrides is None:
+        overrides = dict(CPU_CASES[0][2]) if preset == CPU_CASES[0][0] else {}
     torch.manual_seed(seed)
     net = unet.UNet.from_preset(preset, **overrides)
     d = _diffusion.GaussianDiffusion(schedules.get_betas("linear", 1000))

@@ -179,3 +179,16 @@ def test_target_case_is_the_newest_saved_run_of_the_targets_network_and_batch():
     assert found["path"] == "b" and found["case"]["ratio"] == 1.4 and found["row"]["ratio"] == 1.4
     assert bench.target_case([("c", newest_small)]) is None
     assert bench.target_case([("a", old)], "sampling")["case"]["ratio"] == 1.1
+
+
+def test_cpu_settings_time_each_thread_and_layout_variant_of_the_book_network():
+    # defaults: the first CPU case, with the CPU profile's network changes recorded
+    preset, batch, overrides = bench.CPU_CASES[0]
+    out = bench.bench_cpu_settings(preset="cpu-digits", batch=4, repeats=1)
+    assert out["overrides"] == {} and out["preset"] == "cpu-digits" and out["batch"] == 4
+    assert set(out["variants"]) == {"channels-last, 2 threads", "channels-last, 1 thread", "NCHW, 2 threads"}
+    for r in out["variants"].values():
+        assert r["step_s"] > 0 and r["images_per_s"] == pytest.approx(4 / r["step_s"])
+    import inspect
+    sig = inspect.signature(bench.bench_cpu_settings).parameters
+    assert (sig["preset"].default, sig["batch"].default) == (preset, batch) and overrides == {"dropout": 0.0}
