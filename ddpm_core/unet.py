@@ -16,7 +16,9 @@ consumed in reverse order by the up path. ``net(x_t, t)`` takes ``t`` as a tenso
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -335,8 +337,13 @@ class UNet(nn.Module):
             # no internet: only a copy in the Hugging Face cache can load, and asking the hub would
             # retry for half a minute before failing
             hub_kwargs["local_files_only"] = True
+        if importlib.util.find_spec("accelerate") is None:
+            # what diffusers falls back to anyway, without its warning that accelerate is missing
+            hub_kwargs.setdefault("low_cpu_mem_usage", False)
         try:
-            model = UNet2DModel.from_pretrained(str(name_or_path), **hub_kwargs)
+            with warnings.catch_warnings():  # a deprecation inside diffusers' own hub call, not the reader's
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+                model = UNet2DModel.from_pretrained(str(name_or_path), **hub_kwargs)
         except Exception as err:  # hub and file errors differ across huggingface_hub versions
             if path.is_dir():
                 raise OSError(f"{str(path)!r} is not a diffusers UNet2DModel folder (config.json plus "

@@ -127,6 +127,47 @@ def test_glued_figures_have_names_and_captions(path):
         assert re.search(rf"glue\(\s*[\"']{re.escape(key)}[\"']", code), f"{path.name}: nothing glues {key}"
 
 
+def _markdown_sources() -> list[tuple[str, str]]:
+    """(label, Markdown text) of every Markdown cell of the notebooks and every Markdown page."""
+    out = []
+    for stem in toc_files():
+        source = _source(stem)
+        if source.suffix == ".ipynb":
+            cells = [c for c in nbformat.read(source, as_version=4).cells if c.cell_type == "markdown"]
+            out += [(f"{source.name} markdown cell {i}", c.source) for i, c in enumerate(cells)]
+        else:
+            out.append((source.name, source.read_text(encoding="utf-8")))
+    return out
+
+
+def test_inline_math_pairs_up_and_holds_no_roles():
+    """Parse the Markdown as the build does (MyST with the book's extensions): every ``$`` must open
+    or close math, and no role ({glue}, {cite}) may end up inside math, where it shows as raw text.
+    (A wrapped line that starts with ``+`` or ``-`` turns into a list item and splits the math.)"""
+    from markdown_it.renderer import RendererHTML
+    from myst_parser.config.main import MdParserConfig
+    from myst_parser.parsers.mdit import create_md_parser
+
+    extensions = set(CONFIG["parse"]["myst_enable_extensions"])
+    md = create_md_parser(MdParserConfig(enable_extensions=extensions,
+                                         dmath_double_inline=CONFIG["parse"].get("myst_dmath_double_inline", False)),
+                          RendererHTML)
+
+    def walk(tokens):
+        for t in tokens:
+            yield t
+            yield from walk(t.children or [])
+
+    problems = []
+    for label, text in _markdown_sources():
+        for t in walk(md.parse(text)):
+            if t.type == "text" and "$" in t.content:
+                problems.append(f"{label}: a '$' outside math near {t.content[:70]!r}")
+            if t.type.startswith(("math", "amsmath")) and re.search(r"\{(glue|cite)", t.content):
+                problems.append(f"{label}: a role inside math: {t.content[:70]!r}")
+    assert not problems, "\n".join(problems)
+
+
 def test_repository_url_is_one_setting_shared_by_readme_and_colab_links():
     url = CONFIG["repository"]["url"].rstrip("/")
     org_repo = "/".join(url.split("/")[-2:])
@@ -244,6 +285,7 @@ def test_book_builds_and_every_page_renders(built_html, browser):
               figs: figs.map(f => [(f.querySelector('figcaption') || {}).textContent || '',
                                    !!f.querySelector('img')]),
               tracebacks: art.querySelectorAll('.output.traceback, .output.error').length,
+              stderr: [...art.querySelectorAll('.output.stderr')].map(e => e.innerText.slice(0, 120)),
               text: art.innerText.length,
               colab: [...document.querySelectorAll('a')].map(a => a.href).filter(h => h.includes('colab.research')),
               unresolved: [...art.querySelectorAll('.problematic, .xref.missing')].length,
@@ -263,6 +305,12 @@ def test_book_builds_and_every_page_renders(built_html, browser):
             problems.append(f"{name}: {info['tracebacks']} error outputs")
         if info["unresolved"]:
             problems.append(f"{name}: {info['unresolved']} unresolved references")
+        if info["stderr"]:  # warnings a reader should not have to read
+            problems.append(f"{name}: stderr output {info['stderr']}")
+        # a role the build left unprocessed (inside math, MathJax then typesets its letters)
+        raw_roles = re.findall(r"\{(?:glue|cite)[a-z:]*\}(?:`|&#96;)[^`<]*", page.read_text(encoding="utf-8"))
+        if raw_roles:
+            problems.append(f"{name}: roles left as raw text {raw_roles[:3]}")
         if source.suffix == ".ipynb":
             want = (f"{CONFIG['launch_buttons']['colab_url'].rstrip('/')}/github/{org_repo}/blob/"
                     f"{repo['branch']}/{stem}.ipynb")

@@ -253,6 +253,26 @@ def test_from_pretrained_offline_says_how_to_supply_a_local_folder(tmp_path):
     assert "UNet.from_pretrained('path/to/" in str(info.value)
 
 
+def test_from_pretrained_prints_no_library_warnings(tmp_path):
+    """The book shows a cell's stderr: loading a local folder, or failing offline, must print only
+    what ddpm_core says (no diffusers warning about accelerate, no huggingface_hub deprecation).
+    A fresh interpreter, as a notebook kernel: warnings print once per process."""
+    import subprocess
+    import sys
+
+    random_diffusers_unet(SMALL_DDPM).save_pretrained(tmp_path / "plain")
+    code = ("import warnings; warnings.simplefilter('default')\n"
+            "from ddpm_core.unet import UNet\n"
+            f"UNet.from_pretrained({str(tmp_path / 'plain')!r})\n"
+            "try:\n"
+            f"    UNet.from_pretrained('google/ddpm-cifar10-32', cache_dir={str(tmp_path / 'hub')!r}, local_files_only=True)\n"
+            "except OSError as err:\n"
+            "    print(str(err).split('(')[0])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("could not load 'google/ddpm-cifar10-32'"), proc.stdout
+    assert proc.stderr == "", proc.stderr
+
 
 def test_from_pretrained_without_internet_asks_only_the_local_cache(monkeypatch):
     """Offline, the hub would retry for half a minute: an unreachable hub means local_files_only."""
