@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from ddpm_core import train as tr
 from ddpm_core.__main__ import build_parser, main
