@@ -392,19 +392,36 @@ class EvalResult:
         return results_table([self])
 
 
+# Columns that the default caption states once when every row has the same value.
+SHARED_COLUMNS = ("feature extractor", "profile")
+
+
 def results_table(results: list[EvalResult], caption: str | None = None) -> _paper.Table:
     """One row per :class:`EvalResult`; the caption names the dataset, the reference set and how
-    FID/IS/KID were computed, so the numbers cannot be read without their extractor and sample count."""
+    FID/IS/KID were computed, so the numbers cannot be read without their extractor and sample count.
+    With the default caption, the feature-extractor and profile columns are left out when every row
+    has the same value (the caption states it); a given ``caption`` keeps every column."""
     if not results:
         raise ValueError("results_table needs at least one EvalResult")
     r0 = results[0]
+    header, rows = list(EvalResult.HEADER), [r.row() for r in results]
+    shared = set()
     if caption is None:
+        shared = {h for h in SHARED_COLUMNS if len({row[header.index(h)] for row in rows}) == 1}
         bpd = next((r for r in results if r.bpd_method), None)
+        if "feature extractor" not in shared:
+            features = "see the column"
+        elif r0.extractor == _features.PAPER_INCEPTION_NAME:
+            features = (f"{r0.extractor}, the papers' network (their FID uses 50,000 samples; FID grows "
+                        "as the sample count falls)")
+        else:
+            features = f"{r0.extractor} (not Inception, so not comparable with the papers' numbers)"
         caption = (f"Dataset {r0.dataset}; FID and KID against its {r0.n_reference:,} training images; IS over "
-                   f"{r0.is_splits} splits; features: {r0.extractor} (not Inception, so not comparable with the "
-                   f"papers' numbers); profile {r0.profile}."
+                   f"{r0.is_splits} splits; features: {features}"
+                   + (f"; profile {r0.profile}." if "profile" in shared else ".")
                    + (f" Bits/dim: {bpd.bpd_method}." if bpd else ""))
-    return _render(EvalResult.HEADER, [r.row() for r in results], caption)
+    keep = [i for i, h in enumerate(header) if h not in shared]
+    return _render([header[i] for i in keep], [[row[i] for i in keep] for row in rows], caption)
 
 
 _REFERENCE_FEATURES: dict = {}

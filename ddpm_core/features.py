@@ -60,6 +60,10 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+# The name of the network the papers' FID and IS use (InceptionExtractor with its real weights).
+PAPER_INCEPTION_NAME = "Inception-v3 (TF 2015-12-05 weights, torch-fidelity port)"
+
+
 class FeatureExtractor:
     """Common interface: ``features(images) -> [N, D]``, ``logits(images) -> [N, K]``.
 
@@ -224,7 +228,7 @@ class InceptionExtractor(FeatureExtractor):
         else:
             state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
             self.net.load_state_dict(state)
-            self.name = "Inception-v3 (TF 2015-12-05 weights, torch-fidelity port)"
+            self.name = PAPER_INCEPTION_NAME
             self.key = "inception-2015-12-05"
         self.net.to(self.device).eval()
 

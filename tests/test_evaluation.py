@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ddpm_core import data, diffusion, evaluation, schedules, toy, train, unet
+from ddpm_core import data, diffusion, evaluation, features, schedules, toy, train, unet
 from ddpm_core.features import ClassifierConfig, get_extractor
 
 
@@ -133,6 +133,17 @@ def test_evaluate_table_names_the_extractor_the_sample_count_and_the_profile(ext
     real = evaluation.evaluate_reference("digits", "test", n=24, extractor=extractor)
     both = evaluation.results_table([r, real])
     assert both.count("\n| ") == 2 and "test images" in both  # two rows below the header and separator
+    # one extractor and profile for all rows: stated once in the caption, not repeated in columns
+    assert "feature extractor" not in both and "| profile" not in both
+    assert f"features: {extractor.name} (not Inception" in both and f"profile {r.profile}." in both
+    from dataclasses import replace
+    mixed = evaluation.results_table([r, replace(real, extractor="another network")])
+    assert "| feature extractor | profile |" not in mixed and "feature extractor" in mixed
+    assert "features: see the column" in mixed and "another network" in mixed
+    paper_net = evaluation.results_table([replace(real, extractor=features.PAPER_INCEPTION_NAME)])
+    assert "the papers' network" in paper_net and "not Inception" not in paper_net
+    given = evaluation.results_table([r, real], caption="my caption")  # a given caption keeps every column
+    assert "feature extractor" in given and "| profile |" in given
 
 
 def test_sample_images_runs_both_samplers_and_checks_its_arguments():
