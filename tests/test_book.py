@@ -232,6 +232,7 @@ def browser(tmp_path_factory):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=opts)
     driver.set_page_load_timeout(120)
+    driver.set_script_timeout(60)  # execute_async_script waits for MathJax to typeset
     yield driver
     driver.quit()
 
@@ -307,6 +308,17 @@ def test_book_builds_and_every_page_renders(built_html, browser):
             problems.append(f"{name}: {info['unresolved']} unresolved references")
         if info["stderr"]:  # warnings a reader should not have to read
             problems.append(f"{name}: stderr output {info['stderr']}")
+        wide = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const check = () => [...(document.querySelector('article') || document.body)
+                .querySelectorAll('mjx-container[display="true"], div.math')]
+                .filter(e => e.scrollWidth - e.clientWidth > 4)
+                .map(e => [e.scrollWidth - e.clientWidth, (e.textContent || '').slice(0, 40)]);
+            if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+              MathJax.startup.promise.then(() => done(check()), () => done(check()));
+            } else { done(check()); }""")
+        if wide:  # display math wider than the text column: the reader has to scroll sideways
+            problems.append(f"{name}: display equations wider than the page by [px, start]: {wide[:4]}")
         # a role the build left unprocessed (inside math, MathJax then typesets its letters)
         raw_roles = re.findall(r"\{(?:glue|cite)[a-z:]*\}(?:`|&#96;)[^`<]*", page.read_text(encoding="utf-8"))
         if raw_roles:
