@@ -246,7 +246,6 @@ def test_from_pretrained_reads_a_local_diffusers_folder(tmp_path):
         assert max_abs_diff(UNet.from_pretrained(folder), model, x_t, t) < 1e-5
 
 
-@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")
 def test_from_pretrained_offline_says_how_to_supply_a_local_folder(tmp_path):
     with pytest.raises(OSError, match="internet") as info:
         UNet.from_pretrained("google/ddpm-cifar10-32", cache_dir=tmp_path, local_files_only=True)
