@@ -269,8 +269,11 @@ def compare(
     :param profile, dataset, extractor, n_samples: how the book's numbers were measured (the
         runtime profile, the dataset, the feature extractor, the number of samples).
     :param digits: decimals for the book's floats.
+    :param caption: text under the table.
     :return: a :class:`Table` with columns quantity, paper, paper source, this book, profile,
-        dataset, feature extractor, samples.
+        dataset, feature extractor, samples. With several rows, a column of the book's setting
+        whose value every row shares is left out and stated once after the caption (a table of
+        eight columns is wider than the book's page).
     """
     defaults = dict(profile=profile, dataset=dataset, extractor=extractor, n_samples=n_samples)
     header = ["quantity", "paper", "paper source", "this book", "profile", "dataset",
@@ -297,4 +300,11 @@ def compare(
             _fmt(setting_["profile"]), _fmt(setting_["dataset"]), _fmt(setting_["extractor"]),
             f"{n:,}" if isinstance(n, int) else _fmt(n),
         ])
+    shared = [j for j in range(4, len(header)) if len(body) > 1 and len({cells[j] for cells in body}) == 1]
+    if shared:
+        said = ", ".join(f"{header[j]} {body[0][j]}" for j in shared if body[0][j])  # an empty column just goes
+        if said:
+            caption = (caption.rstrip() + " " if caption.strip() else "") + f"All the book's numbers: {said}."
+        keep = [j for j in range(len(header)) if j not in shared]
+        header, body = [header[j] for j in keep], [[cells[j] for j in keep] for cells in body]
     return _render(header, body, caption=caption)

@@ -192,3 +192,19 @@ def test_cpu_settings_time_each_thread_and_layout_variant_of_the_book_network():
     import inspect
     sig = inspect.signature(bench.bench_cpu_settings).parameters
     assert (sig["preset"].default, sig["batch"].default) == (preset, batch) and overrides == {"dropout": 0.0}
+
+
+def test_summary_html_fits_a_text_column():
+    """The appendix's summary tables: compact parameter counts (exact on hover), variant names that
+    may wrap at "+", a load column on the CPU only (a GPU run's host load says nothing)."""
+    row = dict(kind="training", preset="ddpm-cifar10", batch=128, precision="bf16", parameters=35_746_307,
+               ddpm_core=1885.6, diffusers=1664.9, ratio=1.13, ratio_cpu_time=1.1, ratio_paired=1.12,
+               best="ddpm_core+compile+graph", ratio_best=2.58, mfu=0.163, peak_gib=3.93, load=0.8)
+    gpu = bench.summary_html([row])
+    assert '<span title="35,746,307 parameters">35.7M</span>' in gpu
+    assert "<code>ddpm_core+<wbr>compile+<wbr>graph</code>" in gpu and "16.3%" in gpu
+    assert "<th>load</th>" not in gpu and "ratio (CPU time)" not in gpu
+    cpu = bench.summary_html([dict(row, preset="cpu-mnist", parameters=280_177, best="ddpm_core", mfu=None,
+                                   peak_gib=None)])
+    assert ">280k</span>" in cpu and "<th>load</th>" in cpu and "<td>0.8</td>" in cpu
+    assert "best variant" not in cpu and "MFU" not in cpu

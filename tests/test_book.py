@@ -319,6 +319,13 @@ def test_book_builds_and_every_page_renders(built_html, browser):
             } else { done(check()); }""")
         if wide:  # display math wider than the text column: the reader has to scroll sideways
             problems.append(f"{name}: display equations wider than the page by [px, start]: {wide[:4]}")
+        wide = browser.execute_script("""
+            return [...(document.querySelector('article') || document.body)
+                .querySelectorAll('.output.text_html, .output.text_html table, table.ddpm-table')]
+                .filter(e => e.scrollWidth - e.clientWidth > 4)
+                .map(e => [e.scrollWidth - e.clientWidth, (e.textContent || '').trim().slice(0, 40)]);""")
+        if wide:  # the same for tables: a column the reader cannot see without scrolling
+            problems.append(f"{name}: tables wider than the page by [px, start]: {wide[:4]}")
         # a role the build left unprocessed (inside math, MathJax then typesets its letters)
         raw_roles = re.findall(r"\{(?:glue|cite)[a-z:]*\}(?:`|&#96;)[^`<]*", page.read_text(encoding="utf-8"))
         if raw_roles:

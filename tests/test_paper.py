@@ -79,6 +79,26 @@ def test_compare_puts_paper_and_book_side_by_side():
     assert "<td>41.23</td>" in t._repr_html_()
 
 
+def test_compare_states_a_setting_that_every_row_shares_once():
+    fid = paper.ref("ho2020_table1", "FID", model="DDPM, L_simple")
+    rows = [{"quantity": "FID", "paper": fid, "book": 41.2},
+            {"quantity": "NLL", "paper": 3.75, "book": 1.8, "extractor": "none (likelihood)", "n_samples": 64}]
+    t = paper.compare(rows, profile="cpu", dataset="mnist5k", extractor="offline classifier", n_samples=200,
+                      caption="Paper against book.")
+    lines = str(t).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    # profile and dataset are the same in both rows: one mention under the table, no column
+    assert header == ["quantity", "paper", "paper source", "this book", "feature extractor", "samples"]
+    assert lines[-1] == "Paper against book. All the book's numbers: profile cpu, dataset mnist5k."
+    assert [c.strip() for c in lines[3].strip("|").split("|")][-2:] == ["none (likelihood)", "64"]
+    html_text = t._repr_html_()
+    assert "<th>profile</th>" not in html_text and "profile cpu, dataset mnist5k" in html_text
+    # a setting that differs between rows keeps its column
+    rows[1]["dataset"] = "digits"
+    t = paper.compare(rows, profile="cpu", dataset="mnist5k", extractor="offline classifier", n_samples=200)
+    assert "| dataset |" in str(t) and str(t).splitlines()[-1] == "All the book's numbers: profile cpu."
+
+
 def test_compare_refuses_a_book_number_without_its_setting():
     with pytest.raises(ValueError, match="extractor"):
         paper.compare([{"quantity": "FID", "paper": 3.17, "book": 40.0}],
