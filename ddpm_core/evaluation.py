@@ -325,11 +325,19 @@ def _render(header: list[str], body: list[list[str]], caption: str = "") -> _pap
     return _paper.Table("\n".join(md), "\n".join(h))
 
 
+def _three_digits(x: float) -> str:
+    """Three significant digits without an exponent from 1e-4 up ("0.0742", "12.3", "1,615")."""
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return format(x, ".3g")
+
+
 def _pm(mean: float | None, std: float | None, fmt: str) -> str:
+    """``mean ± std`` in ``fmt`` (a format spec, or "3 digits" for :func:`_three_digits`)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    text = format(mean, fmt)
-    return text if std is None or math.isnan(std) else f"{text} ± {format(std, fmt)}"
+    show = _three_digits if fmt == "3 digits" else (lambda v: format(v, fmt))
+    return show(mean) if std is None or math.isnan(std) else f"{show(mean)} ± {show(std)}"
 
 
 # ---------------------------------------------------------------------- sample quality
@@ -380,7 +388,7 @@ class EvalResult:
         made = self.sampler if self.steps is None else f"{self.sampler}, {self.steps} steps"
         bpd = "" if self.bpd is None else _pm(self.bpd, self.bpd_se, ".3f") + f" ({self.bpd_examples} images)"
         return [self.label, made, f"{self.n_samples:,}", f"{self.fid:.2f}", _pm(self.is_mean, self.is_std, ".2f"),
-                _pm(self.kid_mean, self.kid_std, ".3g"), bpd, self.extractor, self.profile,
+                _pm(self.kid_mean, self.kid_std, "3 digits"), bpd, self.extractor, self.profile,
                 f"{sum(self.seconds.values()):.1f}"]
 
     def as_dict(self) -> dict:

@@ -144,6 +144,10 @@ def test_evaluate_table_names_the_extractor_the_sample_count_and_the_profile(ext
     assert "the papers' network" in paper_net and "not Inception" not in paper_net
     given = evaluation.results_table([r, real], caption="my caption")  # a given caption keeps every column
     assert "feature extractor" in given and "| profile |" in given
+    # KID in plain digits, large (noise) or small: no "1.62e+03" in a table whose prose says 1615
+    kid = evaluation.EvalResult.HEADER.index("KID (vs train)")
+    assert replace(real, kid_mean=1615.2, kid_std=1.99).row()[kid] == "1,615 ± 1.99"
+    assert replace(real, kid_mean=0.07421, kid_std=0.00311).row()[kid] == "0.0742 ± 0.00311"
 
 
 def test_sample_images_runs_both_samplers_and_checks_its_arguments():
