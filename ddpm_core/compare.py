@@ -114,6 +114,20 @@ def mode_stats(samples: torch.Tensor, modes: torch.Tensor, mode_std: float, n_st
                      n_std=float(n_std), min_fraction=float(min_fraction))
 
 
+def uniform_floor(modes: torch.Tensor, mode_std: float, n: int = 2000, seed: int = 0,
+                  n_std: float = 3.0) -> ModeStats:
+    """:func:`mode_stats` of ``n`` points drawn uniformly over the square that holds the modes (their
+    bounding box widened by ``n_std * mode_std``): what a model that learned nothing about where
+    the modes are would score. A model's mode coverage means something only where its high-quality
+    share is above this floor.
+    """
+    modes = _points(modes, "modes")
+    lo, hi = modes.min(0).values - n_std * mode_std, modes.max(0).values + n_std * mode_std
+    pts = lo + (hi - lo) * torch.rand(n, modes.shape[1], generator=torch.Generator().manual_seed(seed),
+                                      dtype=modes.dtype)
+    return mode_stats(pts, modes, mode_std, n_std=n_std)
+
+
 def _points(x: torch.Tensor, name: str) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.dim() != 2:
@@ -746,12 +760,16 @@ def agree(first: bool, second: bool) -> str:
 
 
 def report_verdicts(toy: list[dict], fid: dict[str, float], kid: dict[str, float],
-                    bpd: dict[str, float | None]) -> dict[str, tuple[bool | str, str]]:
+                    bpd: dict[str, float | None], floor: dict[str, float] | None = None
+                    ) -> dict[str, tuple[bool | str, str]]:
     """The report's statements about GANs, VAEs, flows and diffusion, each checked by a stated rule.
 
     :param toy: rows of :func:`toy_study` (every family, mixture and seed).
     :param fid, kid: FID and KID of each family's image samples (keys "gan", "vae", "flow", "ddpm").
     :param bpd: bits/dim of each family on the same test images (None for the GAN).
+    :param floor: the high-quality share of :func:`uniform_floor` per mixture; with it, "diffusion
+        covers all modes" also needs every DDPM seed's high-quality share above the floor (points
+        spread uniformly over the modes' square cover every mode too).
     :return: ``{statement: (verdict, rule)}``; sample-quality statements need FID and KID to agree
         (:func:`agree`), the others are True/False. Feed it to :func:`claims_frame`.
     """
@@ -780,7 +798,10 @@ def report_verdicts(toy: list[dict], fid: dict[str, float], kid: dict[str, float
         "flows give weaker samples": (
             both(lambda m: m["flow"] > max(m["gan"], m["ddpm"])), "the flow's FID and KID are above the GAN's and the DDPM's"),
         "diffusion covers all modes": (
-            all(worst[ds, "ddpm"] == modes[ds] for ds in mixtures), "every DDPM seed covers every mode of every mixture"),
+            all(worst[ds, "ddpm"] == modes[ds] for ds in mixtures)
+            and (floor is None or all(min(per_seed(ds, "ddpm", "high_quality")) > floor[ds] for ds in mixtures)),
+            "every DDPM seed covers every mode of every mixture" + (
+                "" if floor is None else ", with more high-quality samples than a uniform cloud over the modes")),
         "diffusion samples match GANs": (
             both(lambda m: m["ddpm"] <= m["gan"]), "the DDPM's FID and KID are at most the GAN's"),
         "diffusion gives a likelihood": (

@@ -136,6 +136,25 @@ def test_report_verdicts_follow_their_rules():
     v = {k: ok for k, (ok, _) in compare.report_verdicts(rows, {**fid, "ddpm": 10.0}, {**kid, "ddpm": 0.1}, bpd).items()}
     assert v["GANs cover fewer modes"] is False and v["GAN training is unstable"] is False
     assert v["diffusion covers all modes"] is False and v["diffusion samples match GANs"] == "yes"
+    # with a floor: covering every mode is not enough where a uniform cloud scores more high-quality points
+    rows = toy_rows({f: [8, 8, 8] for f in compare.FAMILIES}, {f: [0.5, 0.45, 0.5] for f in compare.FAMILIES})
+    assert compare.report_verdicts(rows, fid, kid, bpd)["diffusion covers all modes"][0] is True
+    ok, rule = compare.report_verdicts(rows, fid, kid, bpd, floor={"ring": 0.47})["diffusion covers all modes"]
+    assert ok is False and "uniform cloud" in rule
+    assert compare.report_verdicts(rows, fid, kid, bpd, floor={"ring": 0.4})["diffusion covers all modes"][0] is True
+
+
+def test_uniform_floor_covers_every_mode_of_both_mixtures():
+    """Points spread uniformly over the modes' square cover every mode under the 10 % rule: coverage
+    alone cannot tell a model that learned the modes from one that learned nothing."""
+    for name, hq_range in [("ring", (0.10, 0.22)), ("grid", (0.42, 0.56))]:
+        mix = data.load_dataset(name, split="test")
+        st = compare.uniform_floor(mix.modes, mix.mode_std, n=4000, seed=1)
+        assert st.covered == st.num_modes and st.n_samples == 4000, (name, st)
+        # the share of the square within 3 std of a mode: 25 discs of radius 0.15 fill about half of the grid's
+        assert hq_range[0] < st.high_quality < hq_range[1], (name, st.high_quality)
+    assert compare.uniform_floor(MODES, STD, n=50, seed=3).high_quality == \
+        compare.uniform_floor(MODES, STD, n=50, seed=3).high_quality  # seeded
 
 
 def test_toy_cache_check_matches_what_train_toy_stores(tmp_path, monkeypatch):
