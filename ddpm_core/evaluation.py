@@ -614,8 +614,8 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
     ``few_step_models`` are also sampled with ``few_steps`` steps (claim e). The models in
     ``bpd_models`` (None: all) get the T-step bound in bits/dim on the first ``bpd_examples`` test
     images: exact with ``bpd_stride=None`` (T network calls), otherwise the unbiased stratified
-    estimate of ``bench.strided_bpd`` (one step drawn from every block of ``bpd_stride``, about
-    T / stride calls). Not the bound of a respaced process: that bounds a different, K-step model
+    estimate of ``bench.strided_bpd`` (the first 10 steps exactly, then one step per image drawn from
+    every block of ``bpd_stride``: about T / stride + 10 calls). Not the bound of a respaced process: that bounds a different, K-step model
     and favours learned variances. All models see the same images, steps and noise, so their
     bounds differ by less noise than each one's standard error suggests (a paired comparison).
 
@@ -680,10 +680,13 @@ def _test_bpd(model, d, dataset: str, n: int, stride: int | None, seed: int) -> 
 
     x = _as_images(dataset, n).to(_device(model))
     per_image = bench.strided_bpd(d, model, x, stride, noise_generator=gen).double().cpu()
-    method = (f"stratified estimate of the exact T = {d.num_timesteps}-step bound, one random step "
-              f"in every {stride} (bench.strided_bpd)")
+    method = (f"stratified estimate of the exact T = {d.num_timesteps}-step bound: the first 10 steps exactly, "
+              f"then one random step per image in every {stride} (bench.strided_bpd)")
     return float(per_image.mean()), float(per_image.std() / math.sqrt(n)), method
 
+
+# Claim (e) holds only if the learned variance's FID grows by at most this factor times the fixed one's.
+FEW_STEP_MARGIN = 0.85
 
 CLAIMS = {
     "a": "eps prediction with L_simple gives better samples than the true bound with a fixed variance",
@@ -693,6 +696,10 @@ CLAIMS = {
     "e": "learned variances keep their FID with fewer sampling steps better than fixed ones",
     "f": "the NLL splits into rate and distortion; most of the rate goes to the last, imperceptible steps",
 }
+
+
+def _spikes(n: int | None) -> str:
+    return "loss spikes not measured" if n is None else f"{n} loss spike" + ("" if n == 1 else "s")
 
 
 def _f(x: float | None, fmt: str = ".2f") -> str:
@@ -717,7 +724,9 @@ def claims_table(results: dict) -> _paper.Table:
     diverged, or its FID is worse than both mu-vlb-fixed's and eps-simple's; (c) the bits/dim of
     hybrid-learned and of vlb-learned are both below eps-simple's; (d) cosine-simple has lower
     bits/dim and lower FID than eps-simple; (e) hybrid-learned's FID grows by a smaller factor than
-    eps-simple's when going from ``steps`` to ``few_steps`` sampling steps; (f) the rate grows and
+    eps-simple's when going from ``steps`` to ``few_steps`` sampling steps, by a factor at most
+    ``FEW_STEP_MARGIN`` (0.85) times eps-simple's (the margin chapter 7 uses: a smaller difference
+    is within the noise of FIDs from a few hundred samples); (f) the rate grows and
     the RMSE falls from the first to the last step, rate + distortion equals the bound, and more
     than half of the rate is spent in the last tenth of the steps (as in Ho et al. Table 4).
     """
@@ -750,8 +759,8 @@ def claims_table(results: dict) -> _paper.Table:
                  f"mu~ with squared error: {ps('ho2020_table2', 'FID', predicts='mu~', objective='squared error on mu~')}"
                  f"; mu~ with the true bound: FID {ps('ho2020_table2', 'FID', predicts='mu~', objective='L, fixed isotropic Sigma')}"
                  "; Ho et al. Table 2",
-                 ("diverged" if div else f"FID {_f(fm)}") + f" (mu-simple, {get('mu-simple', 'loss_spikes')} loss "
-                 f"spikes) vs {_f(fmv)} (mu-vlb-fixed) and {_f(fa)} (eps-simple)"])
+                 ("diverged" if div else f"FID {_f(fm)}") + f" (mu-simple, {_spikes(get('mu-simple', 'loss_spikes'))}) "
+                 f"vs {_f(fmv)} (mu-vlb-fixed) and {_f(fa)} (eps-simple)"])
     # (c)
     bs, bh, bv = get("eps-simple", "bpd"), get("hybrid-learned", "bpd"), get("vlb-learned", "bpd")
     verdicts["c"] = None if None in (bs, bh, bv) else (bh < bs and bv < bs)
@@ -781,7 +790,7 @@ def claims_table(results: dict) -> _paper.Table:
         book_e = "n/a"
     else:
         ratio_s, ratio_h = fs_few / max(fa, 1e-12), fh_few / max(fh, 1e-12)
-        verdicts["e"] = ratio_h < ratio_s
+        verdicts["e"] = ratio_h < FEW_STEP_MARGIN * ratio_s
         book_e = (f"FID {s.get('steps')} -> {s.get('few_steps')} steps: {_f(fa)} -> {_f(fs_few)} (x{ratio_s:.2f}, "
                   f"eps-simple) vs {_f(fh)} -> {_f(fh_few)} (x{ratio_h:.2f}, hybrid-learned)")
     rows.append(["(e) " + CLAIMS["e"],

@@ -96,8 +96,12 @@ def test_strided_bpd_with_stride_one_is_the_exact_bound_and_larger_strides_estim
     exact = d.bpd(net, x0, noise_generator=torch.Generator().manual_seed(1))["total_bpd"]
     same = bench.strided_bpd(d, net, x0, 1, torch.Generator().manual_seed(1))
     torch.testing.assert_close(same, exact, rtol=1e-5, atol=1e-6)
+    # with every step exact the blocks are gone: the exact bound again
+    torch.testing.assert_close(bench.strided_bpd(d, net, x0, 4, torch.Generator().manual_seed(1), exact_steps=40),
+                               exact, rtol=1e-5, atol=1e-6)
     estimate = bench.strided_bpd(d, net, x0, 4, torch.Generator().manual_seed(2))
-    assert not torch.allclose(estimate, exact)  # an estimate, from 11 calls instead of 40
+    assert not torch.allclose(estimate, exact)  # an estimate, from 18 calls instead of 40
+    assert bench.strided_bpd_calls(40, 4) == 18 and bench.strided_bpd_calls(40, 1) == 40
     # unbiased: the means of independent estimates and of exact bounds (each with its own noise) agree
     # within three standard errors (the last step of each block instead lands 15 errors low)
     exacts = torch.stack([d.bpd(net, x0, noise_generator=torch.Generator().manual_seed(100 + s))["total_bpd"].mean()
@@ -105,8 +109,25 @@ def test_strided_bpd_with_stride_one_is_the_exact_bound_and_larger_strides_estim
     strided = torch.stack([bench.strided_bpd(d, net, x0, 4, torch.Generator().manual_seed(s)).mean() for s in range(24)])
     se = (exacts.var() / len(exacts) + strided.var() / len(strided)).sqrt()
     assert (strided.mean() - exacts.mean()).abs() < 3 * se
+    # each image draws its own steps: the spread over images holds the noise of the draw, so the
+    # standard error of one estimate's mean covers the exact bound (here: within four of them)
+    seen = []
+
+    def recording(x, t):
+        seen.append(t.clone())
+        return net(x, t)
+
+    x_many = torch.rand(64, 1, 8, 8) * 2 - 1
+    bench.strided_bpd(d, recording, x_many, 4, torch.Generator().manual_seed(6))
+    assert len(seen) == 18 and all(len(t.unique()) == 1 for t in seen[-10:])  # the first 10 steps: exact
+    assert all(len(t.unique()) > 1 for t in seen[:-10])  # every block: the images draw their own steps
+    exact_many = d.bpd(net, x_many, noise_generator=torch.Generator().manual_seed(5))["total_bpd"]
+    one = bench.strided_bpd(d, net, x_many, 4, torch.Generator().manual_seed(6))
+    assert (one.mean() - exact_many.mean()).abs() < 4 * one.std() / 8
     with pytest.raises(ValueError, match="stride"):
         bench.strided_bpd(d, net, x0, 0)
+    with pytest.raises(ValueError, match="exact_steps"):
+        bench.strided_bpd(d, net, x0, 4, exact_steps=0)
 
 
 def test_evaluation_cost_reports_exact_and_strided_bpd_and_feature_batches():
@@ -119,7 +140,7 @@ def test_evaluation_cost_reports_exact_and_strided_bpd_and_feature_batches():
     out = bench.bench_evaluation(torch.device("cpu"), strides=(5,), extractor=extractor, feature_images=40,
                                  model=model, images=torch.rand(2, 1, 8, 8) * 2 - 1, T=30)
     b, f = out["bpd"], out["features"]
-    assert b["exact"]["calls"] == 30 and b["strided"][0]["calls"] == 1 + len(range(1, 30, 5)) == 7
+    assert b["exact"]["calls"] == 30 and b["strided"][0]["calls"] == 10 + len(range(10, 30, 5)) == 14
     assert b["exact"]["bpd"] > 0 and b["strided"][0]["speedup"] > 0
     assert [x["batch_size"] for x in f["batches"]] == [1, 32, 256] and f["speedup"] > 0
 

@@ -207,6 +207,9 @@ def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
                                                       "hybrid-learned": dict(fid_few=60.0)}))
     assert flipped.verdicts["a"] is False and flipped.verdicts["c"] is False and flipped.verdicts["e"] is False
     assert flipped.verdicts["f"] is None and flipped.rows[5][-1] == "not measured"
+    # (e) needs a clear margin: FID x3.6 against x4.0 is "similar factors" (chapter 7's word), not a hold
+    close = evaluation.claims_table(fake_results(**{"hybrid-learned": dict(fid=6.0, fid_few=21.6)}))
+    assert close.verdicts["e"] is False and evaluation.FEW_STEP_MARGIN == 0.85
     diverged = evaluation.claims_table(fake_results(**{"mu-simple": dict(fid=None, diverged=True)}))
     assert diverged.verdicts["b"] is True and "diverged" in diverged.rows[1][2]
 
