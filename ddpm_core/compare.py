@@ -695,6 +695,12 @@ def _seeds(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
+def _kid_text(kid: float) -> str:
+    """KID x 1e3 as the image tables show it: one decimal, thousands separated without one (noise)."""
+    v = 1e3 * kid
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.1f}"
+
+
 def image_table(rows: list[dict]):
     """A ``pandas.DataFrame`` of the image study, one row per model.
 
@@ -717,8 +723,8 @@ def image_table(rows: list[dict]):
         evals = _seeds(r["eval"])
         bpds = [b for b in _seeds(r.get("bpd") or {}) if b.get("bpd") is not None]
         one = len(evals) == 1
-        kid = f"{1e3 * evals[0].kid_mean:.1f} ± {1e3 * evals[0].kid_std:.1f}" if one else \
-            f"{1e3 * mean([e.kid_mean for e in evals]):.1f}"
+        kid = f"{_kid_text(evals[0].kid_mean)} ± {_kid_text(evals[0].kid_std)}" if one else \
+            _kid_text(mean([e.kid_mean for e in evals]))
         bpd = "none" if not bpds else f"{bpds[0]['bpd']:.2f} ± {bpds[0]['bpd_se']:.2f}" if len(bpds) == 1 else \
             f"{mean([b['bpd'] for b in bpds]):.2f}"
         train_s = r.get("train_seconds")

@@ -132,6 +132,33 @@ class prose_checks:
         return True
 
 
+# the values glued in this process, by name (for glue_sci)
+_GLUED: dict = {}
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+def sci(x: float, digits: int = 2) -> str:
+    """A number for prose: ``digits`` significant digits, plain from 0.001 up to 10,000
+    ("0.0014", "12"), else with a power of ten ("4.0 × 10⁻⁵") instead of "4.0e-05"."""
+    x = float(x)
+    if x == 0 or not np.isfinite(x):
+        return "0" if x == 0 else str(x)
+    if 1e-3 <= abs(x) < 1e4:
+        return format(x, f".{digits}g") if abs(x) < 1 else format(x, f",.{digits}g")
+    mantissa, exponent = format(x, f".{digits - 1}e").split("e")
+    return f"{mantissa} × 10{str(int(exponent)).translate(_SUPERSCRIPT)}"
+
+
+def glue_sci(*names: str, digits: int = 2) -> None:
+    """Glue ``<name>_sci``, the text :func:`sci` of each number already glued as ``name``, for prose
+    that should not read "4.0e-05"."""
+    for name in names:
+        if name not in _GLUED:
+            raise KeyError(f"{name!r} has not been glued in this kernel yet; glue it before glue_sci")
+        glue(f"{name}_sci", sci(_GLUED[name], digits))
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """Store ``value`` under ``name`` for the book's prose and figures (myst-nb ``glue``).
 
@@ -145,6 +172,8 @@ def glue(name: str, value, display: bool = False) -> None:
     except ImportError:
         _myst_glue = None
     is_figure = type(value).__name__ == "Figure" and hasattr(value, "savefig")
+    if not is_figure:
+        _GLUED[name] = value
     if _myst_glue is not None:
         _myst_glue(name, value, display=display)
     elif display or is_figure:

@@ -177,7 +177,8 @@ def test_image_table_leaves_cells_blank_where_a_row_has_no_training():
     table = compare.image_table([
         dict(model="DDPM", eval=e, bpd={"bpd": 2.0, "bpd_se": 0.1}, train_seconds=270.55, updates="700 x 32",
              sample_seconds=0.1, sampler="50 ancestral steps"),
-        dict(model="noise", eval=e)])
+        dict(model="noise", eval=SimpleNamespace(fid=1207.7, is_mean=1.0, kid_mean=1615.4815, kid_std=1.992))])
+    assert table.loc["noise", "KID x 1e3"] == "1,615,482 ± 1,992"  # not 1615481.5 ± 1992.0
     assert table.loc["DDPM", "train s"] == "270.6" and table.loc["DDPM", "ms per sample"] == "100.00"
     assert table.loc["DDPM", "bits/dim (test)"] == "2.00 ± 0.10" and table.loc["DDPM", "KID x 1e3"] == "12.3 ± 2.0"
     assert table.loc["noise", "train s"] == "" and table.loc["noise", "ms per sample"] == ""

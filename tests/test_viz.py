@@ -161,3 +161,17 @@ def test_prose_checks_fail_in_the_profile_the_text_was_written_for_and_warn_else
     with pytest.raises(KeyError):  # a broken check cell is not a statement of the text: it still fails
         with viz.prose_checks():
             {}["missing"]
+
+
+def test_sci_writes_small_and_large_numbers_with_a_power_of_ten():
+    assert viz.sci(4.0e-5) == "4.0 × 10⁻⁵" and viz.sci(9.87e-12) == "9.9 × 10⁻¹²"
+    assert viz.sci(-2.5e-7) == "-2.5 × 10⁻⁷" and viz.sci(12345.0) == "1.2 × 10⁴"
+    assert viz.sci(1.4e-3) == "0.0014" and viz.sci(0.0743) == "0.074" and viz.sci(0) == "0"
+
+
+def test_glue_sci_glues_the_text_of_a_glued_number():
+    viz.glue("tiny_number_for_test", 3.7e-6)
+    viz.glue_sci("tiny_number_for_test")
+    assert viz._GLUED["tiny_number_for_test_sci"] == "3.7 × 10⁻⁶"
+    with pytest.raises(KeyError, match="not been glued"):
+        viz.glue_sci("never_glued_name")
