@@ -16,6 +16,8 @@ import hashlib
 import html
 import io
 import json
+import math
+import numbers
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -132,7 +134,7 @@ class prose_checks:
         return True
 
 
-# the values glued in this process, by name (for glue_sci)
+# the numbers glued in this process, by name (for glue_sci)
 _GLUED: dict = {}
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
@@ -144,8 +146,10 @@ def sci(x: float, digits: int = 2) -> str:
     x = float(x)
     if x == 0 or not np.isfinite(x):
         return "0" if x == 0 else str(x)
-    if 1e-3 <= abs(x) < 1e4:
-        return format(x, f".{digits}g") if abs(x) < 1 else format(x, f",.{digits}g")
+    if 1e-3 <= abs(x) < 1e4:  # rounded to ``digits`` significant digits, written out in full
+        rounded = float(format(x, f".{digits}g"))
+        decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+        return format(rounded, f",.{decimals}f")
     mantissa, exponent = format(x, f".{digits - 1}e").split("e")
     return f"{mantissa} × 10{str(int(exponent)).translate(_SUPERSCRIPT)}"
 
@@ -172,7 +176,7 @@ def glue(name: str, value, display: bool = False) -> None:
     except ImportError:
         _myst_glue = None
     is_figure = type(value).__name__ == "Figure" and hasattr(value, "savefig")
-    if not is_figure:
+    if isinstance(value, numbers.Number) or getattr(value, "ndim", None) == 0:  # a number, or a 0-d array
         _GLUED[name] = value
     if _myst_glue is not None:
         _myst_glue(name, value, display=display)

@@ -167,11 +167,19 @@ def test_sci_writes_small_and_large_numbers_with_a_power_of_ten():
     assert viz.sci(4.0e-5) == "4.0 × 10⁻⁵" and viz.sci(9.87e-12) == "9.9 × 10⁻¹²"
     assert viz.sci(-2.5e-7) == "-2.5 × 10⁻⁷" and viz.sci(12345.0) == "1.2 × 10⁴"
     assert viz.sci(1.4e-3) == "0.0014" and viz.sci(0.0743) == "0.074" and viz.sci(0) == "0"
+    # from 1 up to 10,000 written out, rounded to the significant digits (not "1.6e+03")
+    assert viz.sci(12.3) == "12" and viz.sci(1615.2) == "1,600" and viz.sci(1615.2, 3) == "1,620"
+    assert viz.sci(9.96) == "10" and viz.sci(0.9996, 3) == "1.00"
 
 
-def test_glue_sci_glues_the_text_of_a_glued_number():
+def test_glue_sci_glues_the_text_of_a_glued_number(monkeypatch):
     viz.glue("tiny_number_for_test", 3.7e-6)
-    viz.glue_sci("tiny_number_for_test")
-    assert viz._GLUED["tiny_number_for_test_sci"] == "3.7 × 10⁻⁶"
-    with pytest.raises(KeyError, match="not been glued"):
-        viz.glue_sci("never_glued_name")
+    viz.glue("a_tensor_for_test", torch.tensor(2.5e-7))
+    viz.glue("a_text_for_test", "words")  # only numbers are kept for glue_sci
+    glued = {}
+    monkeypatch.setattr(viz, "glue", lambda name, value, display=False: glued.__setitem__(name, value))
+    viz.glue_sci("tiny_number_for_test", "a_tensor_for_test")
+    assert glued == {"tiny_number_for_test_sci": "3.7 × 10⁻⁶", "a_tensor_for_test_sci": "2.5 × 10⁻⁷"}
+    for name in ("never_glued_name", "a_text_for_test"):
+        with pytest.raises(KeyError, match="not been glued"):
+            viz.glue_sci(name)
