@@ -454,9 +454,14 @@ def bench_cpu_settings(preset: str = CPU_CASES[0][0], batch: int = CPU_CASES[0][
 
 
 # ---------------------------------------------------------------------- evaluation
+# strided_bpd computes the first terms of the bound exactly (the largest, fastest-changing ones)
+STRIDED_EXACT_STEPS = 10
+
+
 @torch.no_grad()
 def strided_bpd(d: _diffusion.GaussianDiffusion, model: Callable, x0: torch.Tensor, stride: int,
-                noise_generator: torch.Generator | None = None, exact_steps: int = 10) -> torch.Tensor:
+                noise_generator: torch.Generator | None = None,
+                exact_steps: int = STRIDED_EXACT_STEPS) -> torch.Tensor:
     """An unbiased, strided estimate of the bound ``d.bpd(model, x0)["total_bpd"]`` (Ho et al.
     eq. 5) from about T / stride + ``exact_steps`` network calls: the prior and the terms
     L_0 .. L_{exact_steps - 1} exactly (the first steps carry the largest and fastest-changing terms);
@@ -490,7 +495,7 @@ def strided_bpd(d: _diffusion.GaussianDiffusion, model: Callable, x0: torch.Tens
     return total
 
 
-def strided_bpd_calls(T: int, stride: int, exact_steps: int = 10) -> int:
+def strided_bpd_calls(T: int, stride: int, exact_steps: int = STRIDED_EXACT_STEPS) -> int:
     """Network calls per image of :func:`strided_bpd`: the exact first steps and one per block."""
     first = min(exact_steps, T)
     return first + len(range(first, T, stride))

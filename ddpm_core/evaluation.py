@@ -413,9 +413,8 @@ def results_table(results: list[EvalResult], caption: str | None = None) -> _pap
         raise ValueError("results_table needs at least one EvalResult")
     r0 = results[0]
     header, rows = list(EvalResult.HEADER), [r.row() for r in results]
-    shared = set()
     if caption is None:
-        shared = {h for h in SHARED_COLUMNS if len({row[header.index(h)] for row in rows}) == 1}
+        header, rows, shared = _paper.drop_shared_columns(header, rows, SHARED_COLUMNS)
         bpd = next((r for r in results if r.bpd_method), None)
         if "feature extractor" not in shared:
             features = "see the column"
@@ -428,8 +427,7 @@ def results_table(results: list[EvalResult], caption: str | None = None) -> _pap
                    f"{r0.is_splits} splits; features: {features}"
                    + (f"; profile {r0.profile}." if "profile" in shared else ".")
                    + (f" Bits/dim: {bpd.bpd_method}." if bpd else ""))
-    keep = [i for i, h in enumerate(header) if h not in shared]
-    return _render([header[i] for i in keep], [[row[i] for i in keep] for row in rows], caption)
+    return _render(header, rows, caption)
 
 
 _REFERENCE_FEATURES: dict = {}
@@ -680,8 +678,9 @@ def _test_bpd(model, d, dataset: str, n: int, stride: int | None, seed: int) -> 
 
     x = _as_images(dataset, n).to(_device(model))
     per_image = bench.strided_bpd(d, model, x, stride, noise_generator=gen).double().cpu()
-    method = (f"stratified estimate of the exact T = {d.num_timesteps}-step bound: the first 10 steps exactly, "
-              f"then one random step per image in every {stride} (bench.strided_bpd)")
+    method = (f"stratified estimate of the exact T = {d.num_timesteps}-step bound: the first "
+              f"{bench.STRIDED_EXACT_STEPS} steps exactly, then one random step per image in every {stride} "
+              "(bench.strided_bpd)")
     return float(per_image.mean()), float(per_image.std() / math.sqrt(n)), method
 
 

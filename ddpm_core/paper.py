@@ -247,6 +247,20 @@ def render_table(name: str, columns: Iterable[str] | None = None, **where: Any) 
     return _render(columns + ["mark"], body, caption=f"{meta['title']} Source: {meta['source']}.")
 
 
+def drop_shared_columns(header: list[str], body: list[list[str]], columns: Iterable[str],
+                        min_rows: int = 1) -> tuple[list[str], list[list[str]], dict[str, str]]:
+    """Leave out each of ``columns`` whose cell is the same in every row (with at least ``min_rows``
+    rows), for a caption to state once: a table narrow enough for the book's page.
+
+    :return: (header, body) without those columns, and ``{column: its shared value}`` in header order.
+    """
+    columns = set(columns)
+    shared = {h: body[0][j] for j, h in enumerate(header)
+              if h in columns and len(body) >= max(min_rows, 1) and len({cells[j] for cells in body}) == 1}
+    keep = [j for j, h in enumerate(header) if h not in shared]
+    return [header[j] for j in keep], [[cells[j] for j in keep] for cells in body], shared
+
+
 _BOOK_FIELDS = ("profile", "dataset", "extractor", "n_samples")
 
 
@@ -300,11 +314,8 @@ def compare(
             _fmt(setting_["profile"]), _fmt(setting_["dataset"]), _fmt(setting_["extractor"]),
             f"{n:,}" if isinstance(n, int) else _fmt(n),
         ])
-    shared = [j for j in range(4, len(header)) if len(body) > 1 and len({cells[j] for cells in body}) == 1]
-    if shared:
-        said = ", ".join(f"{header[j]} {body[0][j]}" for j in shared if body[0][j])  # an empty column just goes
-        if said:
-            caption = (caption.rstrip() + " " if caption.strip() else "") + f"All the book's numbers: {said}."
-        keep = [j for j in range(len(header)) if j not in shared]
-        header, body = [header[j] for j in keep], [[cells[j] for j in keep] for cells in body]
+    header, body, shared = drop_shared_columns(header, body, header[4:], min_rows=2)
+    said = ", ".join(f"{h} {v}" for h, v in shared.items() if v)  # an empty column just goes
+    if said:
+        caption = (caption.rstrip() + " " if caption.strip() else "") + f"All the book's numbers: {said}."
     return _render(header, body, caption=caption)
