@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, NamedTuple
@@ -31,7 +32,7 @@ MARKS = ("P", "C", "S", "U")
 
 __all__ = [
     "MARKS", "PaperValue", "Table", "tables", "info", "table", "row", "value", "ref", "cite",
-    "setting", "format_cell", "render_table", "compare",
+    "setting", "format_cell", "render_table", "compare", "notation", "html_table",
 ]
 
 
@@ -215,19 +216,45 @@ class Table(str):
         return str(self)
 
 
-def _render(header: list[str], body: list[list[str]], caption: str = "") -> Table:
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+# The data file and the package's table texts write the papers' symbols in ASCII (they are keys
+# that code looks rows up by); tables show them as the papers print them.
+_NOTATION = [
+    (re.compile(r"\bmu~"), "\u03bc\u0303"),                   # mu~   -> μ̃ (mu with a combining tilde)
+    (re.compile(r"\bbeta~_t\b"), "\u03b2\u0303\u209c"),       # beta~_t -> β̃ₜ
+    (re.compile(r"\bbeta_t\b"), "\u03b2\u209c"),               # beta_t -> βₜ
+    (re.compile(r"\bSigma\b"), "\u03a3"),                      # Sigma -> Σ
+    (re.compile(r"(?<![-\w])eps(?![-\w])"), "\u03b5"),          # eps -> ε, not in run names (eps-simple)
+]
+_LOSS = re.compile(r"\bL_(simple|vlb|hybrid|T|t|0)\b")
+
+
+def notation(text: str) -> str:
+    """``text`` with the papers' symbols written in ASCII (``mu~``, ``Sigma``, ``beta~_t``, ``eps``)
+    as Unicode (μ̃, Σ, β̃ₜ, ε); run names such as ``eps-simple`` stay as they are."""
+    for pattern, symbol in _NOTATION:
+        text = pattern.sub(symbol, text)
+    return text
+
+
+def _html_text(text: Any) -> str:
+    """A table cell as HTML: escaped, :func:`notation`, and loss names with their subscript
+    (``L_simple`` -> L<sub>simple</sub>)."""
+    return _LOSS.sub(r"L<sub>\1</sub>", html.escape(notation(str(text))))
+
+
+def html_table(header: list[str], body: list[list[Any]], caption: str = "") -> Table:
+    """A table as Markdown that displays as HTML (a :class:`Table`), the papers' symbols in
+    :func:`notation`; ``caption`` goes under it. Every table of the package is drawn by this."""
+    md = ["| " + " | ".join(notation(str(c)) for c in header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(notation(str(c)).replace("|", "\\|") for c in cells) + " |" for cells in body]
     if caption:
-        md.append("")
-        md.append(caption)
+        md += ["", notation(caption)]
     h = ['<table class="ddpm-table">']
     if caption:
-        h.append(f"<caption>{html.escape(caption)}</caption>")
-    h.append("<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr></thead>")
+        h.append(f"<caption>{_html_text(caption)}</caption>")
+    h.append("<thead><tr>" + "".join(f"<th>{_html_text(c)}</th>" for c in header) + "</tr></thead>")
     h.append("<tbody>")
-    for cells in body:
-        h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    h += ["<tr>" + "".join(f"<td>{_html_text(c)}</td>" for c in cells) + "</tr>" for cells in body]
     h.append("</tbody></table>")
     return Table("\n".join(md), "\n".join(h))
 
@@ -244,7 +271,7 @@ def render_table(name: str, columns: Iterable[str] | None = None, **where: Any) 
     columns = list(columns)
     rows = table(name, **where)
     body = [[format_cell(r, c) for c in columns] + [r["mark"]] for r in rows]
-    return _render(columns + ["mark"], body, caption=f"{meta['title']} Source: {meta['source']}.")
+    return html_table(columns + ["mark"], body, caption=f"{meta['title']} Source: {meta['source']}.")
 
 
 def drop_shared_columns(header: list[str], body: list[list[str]], columns: Iterable[str],
@@ -318,4 +345,4 @@ def compare(
     said = ", ".join(f"{h} {v}" for h, v in shared.items() if v)  # an empty column just goes
     if said:
         caption = (caption.rstrip() + " " if caption.strip() else "") + f"All the book's numbers: {said}."
-    return _render(header, body, caption=caption)
+    return html_table(header, body, caption=caption)

@@ -1,5 +1,5 @@
 """Samplers: ancestral DDPM sampling (Algorithm 2 of Ho et al. 2020), respaced sampling over a
-subset of steps (Nichol & Dhariwal 2021, section 4) and DDIM (Song et al. 2021, eq. 12).
+subset of steps (Nichol & Dhariwal 2021, section 4) and DDIM (Song et al. 2021a, eq. 12).
 
 Every sampler has a ``..._progressive`` twin that yields each intermediate state; figures and
 animations use those instead of writing their own loop. Any callable ``model(x_t, t)`` works.
@@ -175,7 +175,7 @@ def ddpm_sample(model: Callable, d: GaussianDiffusion, shape, generator=None, pr
 # ---------------------------------------------------------------------- DDIM
 def ddim_step(model: Callable, d: GaussianDiffusion, x_t: torch.Tensor, i: int, noise: torch.Tensor | None,
               eta: float = 0.0, clip_denoised: bool = True) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """One DDIM step (Song et al. 2021, eq. 12) at step index ``i`` of ``d``.
+    """One DDIM step (Song et al. 2021a, eq. 12) at step index ``i`` of ``d``.
 
     sigma = eta * sqrt((1 - a_prev) / (1 - a)) * sqrt(1 - a / a_prev);
     x_prev = sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps + sigma * noise.
@@ -219,7 +219,7 @@ def ddim_sample_progressive(model: Callable, d: GaussianDiffusion, shape, steps=
 def ddim_sample(model: Callable, d: GaussianDiffusion, shape, steps=None, eta: float = 0.0,
                 generator=None, progress: bool = False, clip_denoised: bool = True, device=None,
                 x_T: torch.Tensor | None = None) -> torch.Tensor:
-    """DDIM sampling (Song et al. 2021): deterministic at ``eta = 0``, ancestral-like at ``eta = 1``.
+    """DDIM sampling (Song et al. 2021a): deterministic at ``eta = 0``, ancestral-like at ``eta = 1``.
 
     :param steps: ``None`` (all of ``d``'s steps), an int N (respaced as ``"ddimN"``) or a
         respacing spec string (see ``space_timesteps``).

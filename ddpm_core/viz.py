@@ -12,6 +12,7 @@ Two explorers show the same precomputed frames:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import io
@@ -163,6 +164,28 @@ def glue_sci(*names: str, digits: int = 2) -> None:
         glue(f"{name}_sci", sci(_GLUED[name], digits))
 
 
+@contextlib.contextmanager
+def _exact_floats():
+    """Floats in their full ``repr`` for as long as it lasts, whatever ``%precision`` the chapter set
+    for its outputs: myst-nb reads a glued number back from its plain-text form, and
+    ``{glue:text}`name:,.0f``` of 12345.678 printed as "1.235e+04" would read 12,350."""
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    formatter = shell.display_formatter.formatters["text/plain"] if shell is not None else None
+    if formatter is None:
+        yield
+        return
+    saved = formatter.float_format
+    formatter.float_format = "%r"
+    try:
+        yield
+    finally:
+        formatter.float_format = saved
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """Store ``value`` under ``name`` for the book's prose and figures (myst-nb ``glue``).
 
@@ -179,7 +202,8 @@ def glue(name: str, value, display: bool = False) -> None:
     if isinstance(value, numbers.Number) or getattr(value, "ndim", None) == 0:  # a number, or a 0-d array
         _GLUED[name] = value
     if _myst_glue is not None:
-        _myst_glue(name, value, display=display)
+        with _exact_floats():
+            _myst_glue(name, value, display=display)
     elif display or is_figure:
         from IPython.display import display as _show
         _show(value)

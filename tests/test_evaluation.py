@@ -201,7 +201,9 @@ def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
                                                         generator=torch.Generator().manual_seed(0))
     table = evaluation.claims_table(res)
     assert len(table.rows) == 6 and [r[0][:3] for r in table.rows] == [f"({c})" for c in "abcdef"]
-    assert table.verdicts == {"a": True, "b": True, "c": True, "d": True, "e": True, "f": False}
+    # mu-simple trained (no divergence) but has the worst FID: (b) holds only in part
+    assert table.verdicts == {"a": True, "b": evaluation.PARTLY, "c": True, "d": True, "e": True, "f": False}
+    assert table.rows[1][-1] == "in part" and "<td>in part</td>" in table.html
     assert "3.17" in table and "13.51" in table and "5.00" in table  # paper and book numbers side by side
     flipped = evaluation.claims_table(fake_results(**{"eps-vlb-fixed": dict(fid=4.0), "vlb-learned": dict(bpd=3.5),
                                                       "hybrid-learned": dict(fid_few=60.0)}))
@@ -211,7 +213,9 @@ def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
     close = evaluation.claims_table(fake_results(**{"hybrid-learned": dict(fid=6.0, fid_few=21.6)}))
     assert close.verdicts["e"] is False and evaluation.FEW_STEP_MARGIN == 0.85
     diverged = evaluation.claims_table(fake_results(**{"mu-simple": dict(fid=None, diverged=True)}))
-    assert diverged.verdicts["b"] is True and "diverged" in diverged.rows[1][2]
+    assert diverged.verdicts["b"] is True and "diverged" in diverged.rows[1][2] and diverged.rows[1][-1] == "yes"
+    better = evaluation.claims_table(fake_results(**{"mu-simple": dict(fid=8.0)}))  # trained, better than mu-vlb
+    assert better.verdicts["b"] is False
 
 
 def test_measure_ablations_records_scores_bounds_and_divergence(extractor):

@@ -68,6 +68,28 @@ def test_render_table_has_one_line_per_row_and_the_source():
     assert t._repr_html_().count("<tr>") == 1 + len(paper.table("nichol2021_cifar10"))
 
 
+def test_tables_print_the_papers_symbols_not_their_ascii_keys():
+    # the data file keys rows by ASCII names ("mu~", "Sigma", "eps", "L_simple"); tables show symbols
+    t = paper.render_table("ho2020_table2")
+    for ascii_ in ["mu~", "Sigma", "<td>eps</td>", "L_simple"]:
+        assert ascii_ not in t.html, ascii_
+    assert "<td>\u03bc\u0303</td>" in t.html and "<td>\u03b5</td>" in t.html  # μ̃ and ε
+    assert "L, fixed isotropic \u03a3" in t.html and "<td>L<sub>simple</sub></td>" in t.html
+    assert "| \u03bc\u0303 | squared error on \u03bc\u0303 |" in str(t)
+    # lookups still use the keys
+    assert paper.value("ho2020_table2", "FID", predicts="mu~", objective="L, fixed isotropic Sigma") == 13.22
+
+
+def test_notation_leaves_run_names_and_other_words_alone():
+    text = "eps-simple (eps prediction, L_simple, fixed variance beta~_t) vs mu-vlb; Sigmas, epsilon, beta_t"
+    assert paper.notation(text) == ("eps-simple (\u03b5 prediction, L_simple, fixed variance \u03b2\u0303\u209c)"
+                                     " vs mu-vlb; Sigmas, epsilon, \u03b2\u209c")
+    t = paper.html_table(["run", "a < b"], [["eps-simple", "L_hybrid = L_simple + 0.001 L_vlb"]], caption="L_0 & co")
+    assert "<td>eps-simple</td>" in t.html and "<th>a &lt; b</th>" in t.html
+    assert "L<sub>hybrid</sub> = L<sub>simple</sub> + 0.001 L<sub>vlb</sub>" in t.html
+    assert "<caption>L<sub>0</sub> &amp; co</caption>" in t.html
+
+
 def test_compare_puts_paper_and_book_side_by_side():
     fid = paper.ref("ho2020_table1", "FID", model="DDPM, L_simple")
     t = paper.compare([{"quantity": "FID", "paper": fid, "book": 41.234}],

@@ -183,3 +183,24 @@ def test_glue_sci_glues_the_text_of_a_glued_number(monkeypatch):
     for name in ("never_glued_name", "a_text_for_test"):
         with pytest.raises(KeyError, match="not been glued"):
             viz.glue_sci(name)
+
+
+def test_glue_keeps_every_digit_of_a_number_when_outputs_print_fewer():
+    # the chapters set %precision %.4g for their outputs; myst-nb reads a glued number back from its
+    # plain text, so glue must publish the full repr (else {glue:text}`n:,.0f` of 12345.678 reads 12,350)
+    pytest.importorskip("myst_nb")
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("precision", "%.4g")
+    try:
+        def shown(value):
+            return shell.display_formatter.format(value)[0]["text/plain"]
+        assert shown(12345.678) == "1.235e+04"  # the chapters' outputs
+        with capture_output() as glued:
+            viz.glue("digits_for_test", 12345.678)
+        assert glued.outputs[0].data["application/papermill.record/text/plain"] == "12345.678"
+        assert shown(0.123456) == "0.1235"  # the setting is back after glue
+    finally:
+        shell.run_line_magic("precision", "")
