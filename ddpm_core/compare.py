@@ -230,6 +230,14 @@ def ddpm_config(dataset: str, steps: int, seed: int = 0, **changes: Any):
 # ---------------------------------------------------------------------- the 2-D study
 FAMILIES = ("gan", "vae", "flow", "ddpm")
 FAMILY_NAMES = {"gan": "GAN", "vae": "VAE", "flow": "flow", "ddpm": "DDPM"}
+# 2-D DDPMs that differ from the study's in their network only, trained with its budget and seeds
+# (chapter 1: what holds the DDPM back on the plane): ``{name: changes to its config}``.
+TOY_DDPM_VARIANTS = {"ddpm-fourier": {"preset": "toy-mlp-fourier"}}
+FAMILY_NAMES["ddpm-fourier"] = "DDPM, Fourier features"
+
+
+def _is_ddpm(family: str) -> bool:
+    return family == "ddpm" or family in TOY_DDPM_VARIANTS
 # One budget for every family on the 2-D mixtures: the same number of updates on batches of the
 # same size (so every model sees the same 256,000 points), each family with its own default
 # learning rate (1e-3 for all four: the baselines' default for points and book_config("toy-ring")).
@@ -278,7 +286,7 @@ class ToyRun:
         of Ho et al. 2020) with the EMA network, over all T steps or over ``steps`` respaced ones
         (``sampling.respace``, Nichol & Dhariwal 2021); the baselines ignore ``steps``."""
         with torch.no_grad():
-            if self.family == "ddpm":
+            if _is_ddpm(self.family):
                 from .sampling import ddpm_sample, respace
 
                 d = self.model.diffusion
@@ -294,34 +302,36 @@ def train_toy(family: str, dataset: str, seed: int = 0, steps: int | None = None
     """Train (or load from the cache) one 2-D model with the budget of :data:`TOY_BUDGET`.
 
     Baselines go through :func:`get_baseline`, the DDPM through :func:`get_ddpm`
-    (``book_config("toy-ring")`` with the dataset, seed, steps, batch size and learning rate changed).
+    (``book_config("toy-ring")`` with the dataset, seed, steps, batch size and learning rate changed),
+    and so do the DDPMs of :data:`TOY_DDPM_VARIANTS` (with the DDPM's budget and their own changes).
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    budget = TOY_BUDGET[family]
+    if family not in FAMILIES and family not in TOY_DDPM_VARIANTS:
+        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES + tuple(TOY_DDPM_VARIANTS)}")
+    budget = TOY_BUDGET["ddpm" if _is_ddpm(family) else family]
     steps = budget["steps"] if steps is None else steps
     batch_size = budget["batch_size"] if batch_size is None else batch_size
-    if family == "ddpm":
-        run = get_ddpm(dataset, steps, seed, progress=progress, **_toy_ddpm_changes(batch_size))
+    if _is_ddpm(family):
+        run = get_ddpm(dataset, steps, seed, progress=progress, **_toy_ddpm_changes(batch_size, family))
         history = {"loss": [float(v) for v in run.history["loss"]]}
         return ToyRun(family, dataset, seed, run, history, steps, batch_size, float(run.history["wall_time"]))
     model = get_baseline(family, dataset, steps, seed, batch_size=batch_size, lr=budget["lr"], progress=progress)
     return ToyRun(family, dataset, seed, model, model.history, steps, batch_size, float(model.history["wall_time"]))
 
 
-def _toy_ddpm_changes(batch_size: int) -> dict:
-    """The changes to ``book_config("toy-ring")`` that give a 2-D DDPM the toy budget."""
+def _toy_ddpm_changes(batch_size: int, family: str = "ddpm") -> dict:
+    """The changes to ``book_config("toy-ring")`` that give a 2-D DDPM (or a variant) the toy budget."""
     lr = TOY_BUDGET["ddpm"]["lr"]
-    return {"batch_size": batch_size, **({} if lr is None else {"lr": lr})}
+    return {"batch_size": batch_size, **({} if lr is None else {"lr": lr}), **TOY_DDPM_VARIANTS.get(family, {})}
 
 
 def _toy_cached(family: str, dataset: str, seed: int) -> bool:
     """Whether :func:`train_toy` with the default budget would only load from the cache."""
     from . import train
 
+    if _is_ddpm(family):
+        budget = TOY_BUDGET["ddpm"]
+        return train.is_cached(ddpm_config(dataset, budget["steps"], seed, **_toy_ddpm_changes(budget["batch_size"], family)))
     budget = TOY_BUDGET[family]
-    if family == "ddpm":
-        return train.is_cached(ddpm_config(dataset, budget["steps"], seed, **_toy_ddpm_changes(budget["batch_size"])))
     return baseline_path(family, dataset, budget["steps"], seed, batch_size=budget["batch_size"], lr=budget["lr"],
                          size=runtime.get_profile()).is_file()
 

@@ -472,17 +472,26 @@ class TimeMLP(nn.Module):
     """A time-conditioned residual MLP, ``eps_pred = net(x_t, t)`` for points x_t of shape [N x dim].
 
     Each block: ``h = h + Linear(SiLU(Linear(SiLU(h)) + Linear(emb)))`` with emb the embedded step.
+
+    With ``fourier_features = n > 0`` the input layer sees, besides the coordinates, the sine and
+    cosine of each coordinate at the n frequencies pi * 2^k, k = 0..n-1 (Tancik et al. 2020). An MLP
+    on raw coordinates is slow to learn what changes quickly in space (spectral bias, Rahaman et
+    al. 2019), and the denoiser of narrow modes at small noise levels is such a function.
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, num_blocks: int = 3, dropout: float = 0.0,
-                 time_embedding: str = "iddpm", learn_sigma: bool = False):
+                 time_embedding: str = "iddpm", learn_sigma: bool = False, fourier_features: int = 0):
         super().__init__()
+        if not (isinstance(fourier_features, int) and fourier_features >= 0):
+            raise ValueError(f"fourier_features is a number of frequencies, 0 or more; got {fourier_features!r}")
         self.config = dict(dim=dim, hidden=hidden, num_blocks=num_blocks, dropout=dropout,
-                           time_embedding=time_embedding, learn_sigma=learn_sigma)
+                           time_embedding=time_embedding, learn_sigma=learn_sigma, fourier_features=fourier_features)
         self.hidden, self.time_embedding = hidden, time_embedding
         self.out_channels = dim * (2 if learn_sigma else 1)
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(fourier_features, dtype=torch.float32),
+                             persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.inp = nn.Linear(dim, hidden)
+        self.inp = nn.Linear(dim * (1 + 2 * fourier_features), hidden)
         self.blocks = nn.ModuleList(nn.ModuleDict(dict(
             lin1=nn.Linear(hidden, hidden), time_proj=nn.Linear(hidden, hidden), drop=nn.Dropout(dropout),
             lin2=nn.Linear(hidden, hidden))) for _ in range(num_blocks))
@@ -494,10 +503,18 @@ class TimeMLP(nn.Module):
             raise ValueError(f"t must be a 1-D tensor with one step per point, shape ({x_t.shape[0]},); "
                              f"got shape {tuple(t.shape)}")
         emb = self.time_mlp(timestep_embedding(t, self.hidden, self.time_embedding).to(x_t.dtype))
-        h = self.inp(x_t)
+        h = self.inp(self.input_features(x_t))
         for b in self.blocks:
             h = h + b["lin2"](b["drop"](F.silu(b["lin1"](F.silu(h)) + b["time_proj"](emb))))
         return self.out(h)
+
+    def input_features(self, x_t: torch.Tensor) -> torch.Tensor:
+        """What the input layer sees: ``x_t``, then (with Fourier features) sin and cos of every
+        coordinate at every frequency, [N x dim * (1 + 2 * fourier_features)]."""
+        if not len(self.freqs):
+            return x_t
+        z = (x_t[..., None] * self.freqs.to(x_t.dtype)).flatten(1)  # [N, dim * n]: coordinate-major
+        return torch.cat([x_t, z.sin(), z.cos()], dim=1)
 
 
 # -- presets ---------------------------------------------------------------------------------------
@@ -524,7 +541,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-crops": dict(_DDPM, in_channels=3, image_size=32, base_channels=32, channel_mult=(1, 2, 2, 2),
                       num_res_blocks=2, attention_resolutions=(16,), dropout=0.1, norm_groups=8),
 }
-MLP_PRESETS: dict[str, dict[str, Any]] = {"toy-mlp": dict(dim=2, hidden=128, num_blocks=3)}
+MLP_PRESETS: dict[str, dict[str, Any]] = {
+    "toy-mlp": dict(dim=2, hidden=128, num_blocks=3),
+    # the same MLP with sin/cos of each coordinate at pi, 2 pi and 4 pi. Chosen on seeds 0 and 1 with
+    # 1,000 updates of 256 points: high-quality shares (chapter 1) of 83-86% on the ring and 63-65%
+    # on the grid, against about 42% on both without; 2, 4, 6 and 8 frequencies gave less.
+    "toy-mlp-fourier": dict(dim=2, hidden=128, num_blocks=3, fourier_features=3),
+}
 
 
 def build_model(preset: str, **overrides: Any) -> nn.Module:

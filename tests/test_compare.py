@@ -170,6 +170,25 @@ def test_toy_cache_check_matches_what_train_toy_stores(tmp_path, monkeypatch):
         assert not compare._toy_cached(fam, "ring", 1) and not compare._toy_cached(fam, "grid", 0)
 
 
+def test_toy_ddpm_variant_differs_from_the_ddpm_in_its_network_only(tmp_path, monkeypatch):
+    """"ddpm-fourier" trains with the DDPM's budget and settings, its own cache entry, and a network
+    with Fourier features of its input; toy_study and toy_table take it like a family."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    monkeypatch.setenv("DDPM_WORKERS", "1")
+    monkeypatch.setattr(compare, "TOY_BUDGET", {f: {"steps": 4, "batch_size": 16, "lr": None} for f in compare.FAMILIES})
+    assert not compare._toy_cached("ddpm-fourier", "ring", 0)
+    plain, fourier = (compare.train_toy(f, "ring", 0, progress=False) for f in ("ddpm", "ddpm-fourier"))
+    assert compare._toy_cached("ddpm-fourier", "ring", 0) and fourier.steps == plain.steps == 4
+    assert plain.model.ema.config["fourier_features"] == 0 and fourier.model.ema.config["fourier_features"] == 3
+    diff = {k for k, v in fourier.model.config.to_dict().items() if plain.model.config.to_dict()[k] != v}
+    assert diff == {"preset"} and fourier.model.config.preset == "toy-mlp-fourier"
+    rows = compare.toy_study(["ring"], families=["ddpm-fourier"], seeds=[0], n_samples=20, ddpm_steps=5, progress=False)
+    assert rows[0]["family"] == "ddpm-fourier" and rows[0]["samples"].shape == (20, 2)
+    assert compare.toy_table(rows).index[0] == ("ring", "DDPM, Fourier features")
+    with pytest.raises(ValueError, match="ddpm-fourier"):
+        compare.train_toy("ddpm-wavelet", "ring", 0)
+
+
 def test_image_table_leaves_cells_blank_where_a_row_has_no_training():
     from types import SimpleNamespace
 

@@ -140,7 +140,7 @@ def test_iddpm_cifar10_parameter_count_equals_the_same_design_built_by_diffusers
 
 # -- presets ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"ddpm-cifar10", "iddpm-cifar10"}) + ["toy-mlp"])
+@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"ddpm-cifar10", "iddpm-cifar10"}) + ["toy-mlp", "toy-mlp-fourier"])
 def test_every_small_preset_maps_x_t_to_its_output_shape(name):
     torch.manual_seed(0)
     net = build_model(name).eval()
@@ -323,13 +323,37 @@ def test_ddpm_time_embedding_is_sin_then_cos_with_half_minus_one_denominator():
 
 # -- behaviour --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["cpu-digits", "toy-mlp"])
+@pytest.mark.parametrize("name", ["cpu-digits", "toy-mlp", "toy-mlp-fourier"])
 def test_gradients_reach_every_parameter(name):
     net = perturbed(build_model(name, dropout=0.0))
-    x_t = torch.randn(4, 2) if name == "toy-mlp" else torch.randn(4, 1, 8, 8)
+    x_t = torch.randn(4, 2) if name.startswith("toy-mlp") else torch.randn(4, 1, 8, 8)
     net(x_t, torch.tensor([0, 10, 500, 999])).square().mean().backward()
     for pname, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+
+
+def test_fourier_features_of_the_time_mlp():
+    net = TimeMLP(dim=2, fourier_features=3)
+    x = torch.tensor([[0.25, -0.5]])
+    freqs = [math.pi, 2 * math.pi, 4 * math.pi]  # pi * 2^k
+    z = [0.25 * f for f in freqs] + [-0.5 * f for f in freqs]  # coordinate-major
+    expected = [0.25, -0.5] + [math.sin(v) for v in z] + [math.cos(v) for v in z]
+    torch.testing.assert_close(net.input_features(x), torch.tensor([expected]), rtol=0, atol=1e-6)
+    assert net.inp.in_features == 2 * (1 + 2 * 3) and "freqs" not in net.state_dict()
+    # with the Fourier columns of the input layer at zero it is the plain MLP with the same weights
+    plain = TimeMLP(dim=2)
+    with torch.no_grad():
+        net.inp.weight.zero_()
+        net.inp.weight[:, :2] = plain.inp.weight
+        net.inp.bias.copy_(plain.inp.bias)
+    rest = {k: v for k, v in plain.state_dict().items() if not k.startswith("inp.")}
+    net.load_state_dict({**net.state_dict(), **rest})
+    x_t, t = torch.randn(6, 2), torch.tensor([0, 1, 10, 100, 500, 999])
+    torch.testing.assert_close(net(x_t, t), plain(x_t, t))
+    assert TimeMLP().input_features(x_t) is x_t  # no features: the coordinates as they are
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="fourier_features"):
+            TimeMLP(fourier_features=bad)
 
 
 @pytest.mark.parametrize("bad_t", [torch.tensor(5), torch.zeros(3, 1, dtype=torch.long), torch.zeros(2, dtype=torch.long)])
