@@ -224,13 +224,14 @@ _NOTATION = [
     (re.compile(r"\bbeta_t\b"), "\u03b2\u209c"),               # beta_t -> βₜ
     (re.compile(r"\bSigma\b"), "\u03a3"),                      # Sigma -> Σ
     (re.compile(r"(?<![-\w])eps(?![-\w])"), "\u03b5"),          # eps -> ε, not in run names (eps-simple)
+    (re.compile(r" -> "), " \u2192 "),                           # an arrow between two values
 ]
 _LOSS = re.compile(r"\bL_(simple|vlb|hybrid|T|t|0)\b")
 
 
 def notation(text: str) -> str:
-    """``text`` with the papers' symbols written in ASCII (``mu~``, ``Sigma``, ``beta~_t``, ``eps``)
-    as Unicode (μ̃, Σ, β̃ₜ, ε); run names such as ``eps-simple`` stay as they are."""
+    """``text`` with the papers' symbols written in ASCII (``mu~``, ``Sigma``, ``beta~_t``, ``eps``,
+    `` -> ``) as Unicode (μ̃, Σ, β̃ₜ, ε, →); run names such as ``eps-simple`` stay as they are."""
     for pattern, symbol in _NOTATION:
         text = pattern.sub(symbol, text)
     return text

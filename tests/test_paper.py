@@ -81,9 +81,10 @@ def test_tables_print_the_papers_symbols_not_their_ascii_keys():
 
 
 def test_notation_leaves_run_names_and_other_words_alone():
-    text = "eps-simple (eps prediction, L_simple, fixed variance beta~_t) vs mu-vlb; Sigmas, epsilon, beta_t"
+    text = "eps-simple (eps prediction, L_simple, fixed variance beta~_t) vs mu-vlb; Sigmas, epsilon, beta_t; 3 -> 2"
     assert paper.notation(text) == ("eps-simple (\u03b5 prediction, L_simple, fixed variance \u03b2\u0303\u209c)"
-                                     " vs mu-vlb; Sigmas, epsilon, \u03b2\u209c")
+                                     " vs mu-vlb; Sigmas, epsilon, \u03b2\u209c; 3 \u2192 2")
+    assert paper.notation("a->b") == "a->b"  # only a spaced arrow between values
     t = paper.html_table(["run", "a < b"], [["eps-simple", "L_hybrid = L_simple + 0.001 L_vlb"]], caption="L_0 & co")
     assert "<td>eps-simple</td>" in t.html and "<th>a &lt; b</th>" in t.html
     assert "L<sub>hybrid</sub> = L<sub>simple</sub> + 0.001 L<sub>vlb</sub>" in t.html
