@@ -238,6 +238,8 @@ FAMILY_NAMES["ddpm-fourier"] = "DDPM, Fourier features"
 
 def _is_ddpm(family: str) -> bool:
     return family == "ddpm" or family in TOY_DDPM_VARIANTS
+
+
 # One budget for every family on the 2-D mixtures: the same number of updates on batches of the
 # same size (so every model sees the same 256,000 points), each family with its own default
 # learning rate (1e-3 for all four: the baselines' default for points and book_config("toy-ring")).
