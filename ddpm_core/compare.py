@@ -240,6 +240,11 @@ def _is_ddpm(family: str) -> bool:
     return family == "ddpm" or family in TOY_DDPM_VARIANTS
 
 
+def _toy_budget(family: str) -> dict:
+    """The entry of :data:`TOY_BUDGET` a family trains with (the DDPM's for its variants)."""
+    return TOY_BUDGET["ddpm" if _is_ddpm(family) else family]
+
+
 # One budget for every family on the 2-D mixtures: the same number of updates on batches of the
 # same size (so every model sees the same 256,000 points), each family with its own default
 # learning rate (1e-3 for all four: the baselines' default for points and book_config("toy-ring")).
@@ -309,7 +314,7 @@ def train_toy(family: str, dataset: str, seed: int = 0, steps: int | None = None
     """
     if family not in FAMILIES and family not in TOY_DDPM_VARIANTS:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES + tuple(TOY_DDPM_VARIANTS)}")
-    budget = TOY_BUDGET["ddpm" if _is_ddpm(family) else family]
+    budget = _toy_budget(family)
     steps = budget["steps"] if steps is None else steps
     batch_size = budget["batch_size"] if batch_size is None else batch_size
     if _is_ddpm(family):
@@ -330,10 +335,9 @@ def _toy_cached(family: str, dataset: str, seed: int) -> bool:
     """Whether :func:`train_toy` with the default budget would only load from the cache."""
     from . import train
 
+    budget = _toy_budget(family)
     if _is_ddpm(family):
-        budget = TOY_BUDGET["ddpm"]
         return train.is_cached(ddpm_config(dataset, budget["steps"], seed, **_toy_ddpm_changes(budget["batch_size"], family)))
-    budget = TOY_BUDGET[family]
     return baseline_path(family, dataset, budget["steps"], seed, batch_size=budget["batch_size"], lr=budget["lr"],
                          size=runtime.get_profile()).is_file()
 

@@ -596,8 +596,9 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
     ``few_step_models`` are also sampled with ``few_steps`` steps (claim e). The models in
     ``bpd_models`` (None: all) get the T-step bound in bits/dim on the first ``bpd_examples`` test
     images: exact with ``bpd_stride=None`` (T network calls), otherwise the unbiased stratified
-    estimate of ``bench.strided_bpd`` (the first 10 steps exactly, then one step per image drawn from
-    every block of ``bpd_stride``: about T / stride + 10 calls). Not the bound of a respaced process: that bounds a different, K-step model
+    estimate of ``bench.strided_bpd`` (the first ``bench.STRIDED_EXACT_STEPS`` steps exactly, then
+    one step per image drawn from every block of ``bpd_stride``: ``bench.strided_bpd_calls`` calls,
+    about T / stride). Not the bound of a respaced process: that bounds a different, K-step model
     and favours learned variances. All models see the same images, steps and noise, so their
     bounds differ by less noise than each one's standard error suggests (a paired comparison).
 
