@@ -93,7 +93,9 @@ class GaussianDiffusion:
 
     def _extract(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Table ``name`` at steps ``t`` [N], shaped [N, 1, ..., 1] to broadcast against ``x``."""
-        dtype = x.dtype if x.is_floating_point() else torch.float32
+        # float32 at least, as the reference does: in float16 the cosine schedule's 1/sqrt(alpha_bar)
+        # at T = 4000 (81,165) is inf, and alpha_bar underflows to 0 near t = T
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         if x.device.type == "mps" and dtype == torch.float64:
             dtype = torch.float32
         out = self.table(name, x.device, dtype)[t]

@@ -51,7 +51,12 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
         if count > section:
             raise ValueError(f"cannot take {count} steps from a section of {section} steps (T = {T})")
         stride = 1.0 if count == 1 else (section - 1) / (count - 1)
-        steps += [start + round(k * stride) for k in range(count)]
+        # a running sum of the stride, rounded, as improved-diffusion's respace.py does: round(k *
+        # stride) picks the other neighbour where k * stride is exactly x.5 (e.g. T = 1000, 21 steps)
+        position = 0.0
+        for _ in range(count):
+            steps.append(start + round(position))
+            position += stride
         start += section
     return sorted(set(steps))
 

@@ -235,6 +235,22 @@ def test_tables_are_cached_per_device_and_dtype():
     assert d.table("alpha_bar").dtype == torch.float64
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_use_float32_tables(dtype):
+    """The cosine schedule at T = 4000 has 1/sqrt(alpha_bar_{T-1}) ~ 81,165, above float16's
+    largest number (65,504): tables of at least float32 (as the reference's .float()) keep the
+    last step finite; the result is float32."""
+    d = make(4000, "cosine")
+    assert float(d.table("sqrt_recip_alpha_bar")[-1]) > torch.finfo(torch.float16).max
+    x_t = torch.randn(2, 3, 4, 4).to(dtype)
+    t = torch.full((2,), 3999)
+    out = d.p_mean_variance(torch.zeros_like(x_t), x_t, t)
+    assert out["mean"].dtype == torch.float32
+    assert all(bool(torch.isfinite(out[k]).all()) for k in ("mean", "pred_x0", "variance"))
+    ref = d.p_mean_variance(torch.zeros(2, 3, 4, 4), x_t.float(), t)
+    torch.testing.assert_close(out["mean"], ref["mean"])
+
+
 def test_bpd_with_steps_batched_together_equals_one_step_per_network_call():
     """Several steps share a network call when the batch is small; the noise is still drawn step by
     step, so the bound, its terms and the errors equal those of one step per call (float64)."""

@@ -30,6 +30,33 @@ def test_space_timesteps_sections_and_ddim():
         sampling.space_timesteps(1000, "fast")
 
 
+def _running_sum_steps(T, counts):
+    """improved-diffusion's respace.py rule, written out: in each section, a running sum of the
+    fractional stride, rounded (Python's round: ties to even)."""
+    size, extra = divmod(T, len(counts))
+    steps, start = [], 0
+    for i, count in enumerate(counts):
+        section = size + (i < extra)
+        stride = 1 if count <= 1 else (section - 1) / (count - 1)
+        cur = 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += stride
+        start += section
+    return sorted(set(steps))
+
+
+@pytest.mark.parametrize("T, counts", [(1000, [21]), (1000, [23]), (4000, [31]), (1000, [7, 21, 23]),
+                                       (1000, [250]), (4000, [100]), (1000, [1])])
+def test_space_timesteps_rounds_a_running_sum_like_the_reference(T, counts):
+    """Where k * stride is exactly x.5 (T = 1000 with 21 steps: k = 10 gives 499.5) the running sum
+    lands a few ulps off the tie; rounding k * stride directly would keep 500 instead of 499."""
+    spec = ",".join(map(str, counts))
+    assert sampling.space_timesteps(T, spec) == _running_sum_steps(T, counts)
+    if counts == [21]:
+        assert 499 in sampling.space_timesteps(T, 21) and 500 not in sampling.space_timesteps(T, 21)
+
+
 def test_respaced_process_keeps_the_marginals_and_maps_steps():
     d = diffusion.GaussianDiffusion(schedules.get_betas("cosine", 1000))
     r = sampling.respace(d, 25)
