@@ -378,6 +378,11 @@ def toy_study(datasets: Sequence[str] = ("ring", "grid"), families: Sequence[str
     return rows
 
 
+def _count(mean: float) -> str:
+    """A mean count as a table shows it: "8" when every seed agrees on a whole number, else "20.3"."""
+    return f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
+
+
 def toy_table(rows: list[dict]):
     """A ``pandas.DataFrame``, one row per (dataset, family): modes covered (mean, min and max over seeds),
     high-quality share (mean ± std), mode imbalance (total variation), training budget and seconds."""
@@ -391,11 +396,11 @@ def toy_table(rows: list[dict]):
         tv, sec = summarize([r["mode_tv"] for r in rs]), summarize([r["train_seconds"] for r in rs])
         out.append({
             "data": ds, "model": FAMILY_NAMES[fam], "seeds": cov["n"],
-            "modes covered": f"{cov['mean']:.1f} of {rs[0]['num_modes']} (min {cov['min']:.0f}, max {cov['max']:.0f})",
+            "modes covered": f"{_count(cov['mean'])} of {rs[0]['num_modes']} (min {cov['min']:.0f}, max {cov['max']:.0f})",
             "high-quality share": f"{hq['mean']:.1%} ± {hq['std']:.1%}",
             "imbalance (TV)": f"{tv['mean']:.2f} ± {tv['std']:.2f}",
-            "updates x batch": f"{rs[0]['steps']:,} x {rs[0]['batch_size']}",
-            "train s (mean)": round(sec["mean"], 1),
+            "updates × batch": f"{rs[0]['steps']:,} × {rs[0]['batch_size']}",
+            "training s (mean)": round(sec["mean"], 1),
         })
     return pd.DataFrame(out).set_index(["data", "model"])
 
@@ -542,9 +547,9 @@ class ImageStudy:
     def rows(self, sampled_with: dict[str, str] | None = None, test_label: str = "test images") -> list[dict]:
         """The rows of :func:`image_table` and :func:`seed_table`: the four families, then the test
         images (named ``test_label``) and noise."""
-        made = {"gan": "one pass of G", "vae": "one pass of the decoder", "flow": "one pass of f^-1",
+        made = {"gan": "one pass of G", "vae": "one pass of the decoder", "flow": "one pass of f⁻¹",
                 "ddpm": f"{self.sample_steps} ancestral steps", **(sampled_with or {})}
-        updates = f"{self.config['steps']:,} x {self.config['batch_size']}"
+        updates = f"{self.config['steps']:,} × {self.config['batch_size']}"
         out = [dict(model=FAMILY_NAMES[f], eval=self.evals[f], bpd=self.bpd[f], train_seconds=self.train_seconds[f],
                     updates=updates, sample_seconds=self.sample_seconds[f], sampler=made[f]) for f in FAMILIES]
         return out + [dict(model=test_label, eval=self.refs["test"]), dict(model="noise", eval=self.refs["noise"])]
@@ -558,7 +563,7 @@ class ImageStudy:
         machine = m.get("gpu") or f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch threads)"
         return pd.Series({
             "data": f"{self.dataset} (training split)",
-            "budget of every model": f"{self.config['steps']:,} updates x {self.config['batch_size']} images",
+            "budget of every model": f"{self.config['steps']:,} updates × {self.config['batch_size']} images",
             "training seeds": ", ".join(str(s) for s in self.seeds),
             "model sizes": f"{self.evals['ddpm'][0].profile} profile",
             "features (FID, IS, KID)": self.extractor,
@@ -747,9 +752,9 @@ def image_table(rows: list[dict]):
         out.append({
             "model": r["model"], "seeds": len(evals) if r.get("updates") else "",
             "FID": round(mean([e.fid for e in evals]), 2), "IS": round(mean([e.is_mean for e in evals]), 2),
-            "KID x 1e3": kid, "bits/dim (test)": bpd,
+            "KID × 10³": kid, "bits/dim (test)": bpd,
             # "" where a row has no training or sampling (test digits, noise): no NaN in the table
-            "train s": "" if train_s is None else f"{mean(_seeds(train_s)):.1f}",
+            "training s": "" if train_s is None else f"{mean(_seeds(train_s)):.1f}",
             "ms per sample": "" if r.get("sample_seconds") is None else f"{1e3 * r['sample_seconds']:.2f}",
             "sampled with": r.get("sampler", ""),
         })
@@ -767,7 +772,7 @@ def seed_table(rows: list[dict]):
         if len(evals) < 2:
             continue
         row = {"model": r["model"], "seeds": len(evals)}
-        for name, values in [("FID", [e.fid for e in evals]), ("KID x 1e3", [1e3 * e.kid_mean for e in evals]),
+        for name, values in [("FID", [e.fid for e in evals]), ("KID × 10³", [1e3 * e.kid_mean for e in evals]),
                              ("bits/dim", [b["bpd"] for b in _seeds(r.get("bpd") or {}) if b.get("bpd") is not None])]:
             st = summarize(values) if values else None
             row[f"{name} min"] = "" if st is None else round(st["min"], 2)
@@ -829,7 +834,7 @@ def report_verdicts(toy: list[dict], fid: dict[str, float], kid: dict[str, float
         "diffusion gives a likelihood": (
             bpd["ddpm"] is not None and bpd["ddpm"] < 8.0,
             "the DDPM's bound is below 8 bits/dim (the cost of storing raw pixels)"),
-        "diffusion's likelihood matches VAEs and flows": (
+        "diffusion's likelihood matches VAEs and flows (the book's added check)": (
             bpd["ddpm"] is not None and bpd["ddpm"] <= max(bpd["vae"], bpd["flow"]),
             "the DDPM's bound is at most the VAE's or the flow's, on the same test digits"),
     }

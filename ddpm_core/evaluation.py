@@ -41,7 +41,8 @@ ABLATIONS = {
     "hybrid-learned": (dict(var_type="learned_range", loss_type="hybrid"),
                        "eps prediction, learned (interpolated) variance, L_hybrid = L_simple + 0.001 L_vlb"),
     "vlb-learned": (dict(var_type="learned_range", loss_type="vlb", timestep_sampler="loss-second-moment"),
-                    "eps prediction, learned variance, L_vlb with importance-sampled t"),
+                    "eps prediction, learned variance, L_vlb, t from the importance sampler "
+                    "(uniform until it holds 10 losses of every step)"),
     "cosine-simple": (dict(schedule="cosine"),
                       "as eps-simple but with the cosine schedule of Nichol & Dhariwal"),
 }
@@ -63,7 +64,7 @@ def ablation_configs(steps: int = ABLATION_STEPS, batch_size: int = ABLATION_BAT
     **changes)``: the book's digits run (the ``cpu-digits`` U-Net, T = 1000, its learning rate,
     EMA and seed; linear schedule unless noted) shortened to ``steps`` updates (default
     :data:`ABLATION_STEPS`) of ``batch_size`` examples (default :data:`ABLATION_BATCH`). Only the
-    fields in ``changes`` differ, so two models compare exactly one choice. Train or load each with
+    fields in ``changes`` differ, so two models differ only in the choices a claim is about. Train or load each with
     ``train.get_trained(cfg)`` (cached on disk by configuration: the book trains each once)::
 
         cfgs = evaluation.ablation_configs()
@@ -77,7 +78,7 @@ def ablation_configs(steps: int = ABLATION_STEPS, batch_size: int = ABLATION_BAT
     ``mu-simple``             mu~, ``fixed_small``, squared error on mu~ (Table 2, "unstable")
     ``mu-vlb-fixed``          mu~, ``fixed_small``, L_vlb (Table 2, mu~ row that trains)
     ``hybrid-learned``        eps, ``learned_range``, L_hybrid (Nichol & Dhariwal)
-    ``vlb-learned``           eps, ``learned_range``, L_vlb, importance-sampled t
+    ``vlb-learned``           eps, ``learned_range``, L_vlb, importance sampler of t (uniform until warmed up)
     ``cosine-simple``         eps, ``fixed_small``, L_simple, cosine schedule
     ========================  ==============================================================
 
@@ -410,7 +411,11 @@ def results_table(results: list[EvalResult], caption: str | None = None) -> _pap
         caption = (f"Dataset {r0.dataset}; FID and KID against its {r0.n_reference:,} training images; IS over "
                    f"{r0.is_splits} splits; features: {features}"
                    + (f"; profile {r0.profile}." if "profile" in shared else ".")
-                   + (f" Bits/dim: {bpd.bpd_method}." if bpd else ""))
+                   + (f" Bits/dim: {bpd.bpd_method}." if bpd else "")
+                   + " ±: the standard deviation of IS over its splits and of KID over its random subsets"
+                   + (", the standard error of bits/dim over the test images" if bpd else "")
+                   + "; seconds: the whole evaluation (sampling, features, scores"
+                   + (", bits/dim)." if bpd else ")."))
     return _paper.html_table(header, rows, caption)
 
 
@@ -465,8 +470,10 @@ def evaluate(model: Callable, diffusion: GaussianDiffusion, dataset: str = "mnis
              bpd_examples: int = 64, strided_bpd: int | str | None = 50, seed: int = 0, batch_size: int = 256,
              progress: bool = True, label: str = "DDPM (EMA weights)") -> EvalResult:
     """Sample ``n_samples`` images and measure FID, IS and KID against the training set, and the
-    bits/dim bound on the first ``bpd_examples`` test images (:func:`bits_per_dim`, strided over
-    ``strided_bpd`` steps, or exact with None; ``bpd_examples=0`` skips it).
+    bits/dim bound on the first ``bpd_examples`` test images (:func:`bits_per_dim`: by default the
+    bound of the process respaced to ``strided_bpd`` steps, a cheap but looser bound of that K-step
+    model, not of this one; ``strided_bpd=None`` gives this model's exact bound over all T steps;
+    ``bpd_examples=0`` skips it).
 
     Seeded: the samples come from ``torch.Generator().manual_seed(seed)``, the bound's noise from
     ``seed + 1``. The result's ``samples`` holds the images (for a figure) and ``bpd_detail`` the
@@ -681,6 +688,19 @@ CLAIMS = {
     "f": "the NLL splits into rate and distortion; most of the rate goes to the last, imperceptible steps",
 }
 
+# each claim's decision rule in a sentence, for the table's caption (the docstring of claims_table
+# gives them in full; they were fixed before any number was measured)
+CLAIM_RULES = {
+    "a": "eps-simple's FID is below eps-vlb-fixed's",
+    "b": "mu-simple diverges (in part: it trains, but its FID is above mu-vlb-fixed's and eps-simple's)",
+    "c": "hybrid-learned's and vlb-learned's bits/dim are both below eps-simple's",
+    "d": "cosine-simple's bits/dim and FID are both below eps-simple's",
+    "e": (f"hybrid-learned's FID grows by a factor below {FEW_STEP_MARGIN} times eps-simple's (a smaller "
+          "difference is within the noise of FIDs from a few hundred samples)"),
+    "f": ("rate plus distortion equals the bound, the rate grows and the RMSE falls over the steps, and "
+          "more than half of the rate comes in the last tenth of the steps"),
+}
+
 
 def _spikes(n: int | None) -> str:
     return "loss spikes not measured" if n is None else f"{n} loss spike" + ("" if n == 1 else "s")
@@ -769,12 +789,12 @@ def claims_table(results: dict) -> _paper.Table:
     verdicts["d"] = None if None in (bc, fc, bs, fa) else (bc < bs and fc < fa)
     im = dict(iterations=200000, T=4000, objective="L_simple")
     rows.append(["(d) " + CLAIMS["d"],
-                 f"ImageNet 64x64: NLL {ps('nichol2021_imagenet64', 'NLL', schedule='linear', **im)} -> "
+                 f"ImageNet 64×64: NLL {ps('nichol2021_imagenet64', 'NLL', schedule='linear', **im)} -> "
                  f"{ps('nichol2021_imagenet64', 'NLL', schedule='cosine', **im)}, FID "
                  f"{ps('nichol2021_imagenet64', 'FID', schedule='linear', **im)} -> "
                  f"{ps('nichol2021_imagenet64', 'FID', schedule='cosine', **im)} (linear -> cosine, L_simple); "
                  "Nichol & Dhariwal",
-                 f"bits/dim {_f(bs, '.3f')} -> {_f(bc, '.3f')}, FID {_f(fa)} -> {_f(fc)} (linear -> cosine, 8x8 digits)"])
+                 f"bits/dim {_f(bs, '.3f')} -> {_f(bc, '.3f')}, FID {_f(fa)} -> {_f(fc)} (linear -> cosine, 8×8 digits)"])
     # (e)
     fs_few, fh, fh_few = get("eps-simple", "fid_few"), get("hybrid-learned", "fid"), get("hybrid-learned", "fid_few")
     if None in (fa, fs_few, fh, fh_few):
@@ -783,8 +803,8 @@ def claims_table(results: dict) -> _paper.Table:
     else:
         ratio_s, ratio_h = fs_few / max(fa, 1e-12), fh_few / max(fh, 1e-12)
         verdicts["e"] = ratio_h < FEW_STEP_MARGIN * ratio_s
-        book_e = (f"FID {s.get('steps')} -> {s.get('few_steps')} steps: {_f(fa)} -> {_f(fs_few)} (x{ratio_s:.2f}, "
-                  f"eps-simple) vs {_f(fh)} -> {_f(fh_few)} (x{ratio_h:.2f}, hybrid-learned)")
+        book_e = (f"FID {s.get('steps')} -> {s.get('few_steps')} steps: {_f(fa)} -> {_f(fs_few)} (×{ratio_s:.2f}, "
+                  f"eps-simple) vs {_f(fh)} -> {_f(fh_few)} (×{ratio_h:.2f}, hybrid-learned)")
     rows.append(["(e) " + CLAIMS["e"],
                  "shown as a figure (FID against sampling steps): learned-variance models stay near their "
                  "full-step FID at about 100 steps, fixed-variance L_simple models degrade; Nichol & Dhariwal",
@@ -812,10 +832,11 @@ def claims_table(results: dict) -> _paper.Table:
                  book_f])
     body = [r + [_verdict(verdicts[r[0][1]])] for r in rows]
     caption = ("Claims of the papers (CIFAR-10 / ImageNet, Inception features) beside the book's measurements"
-               + (f" (8x8 digits, {s.get('n_samples')} samples with {s.get('steps')} respaced ancestral steps, "
+               + (f" (8×8 digits, {s.get('n_samples')} samples with {s.get('steps')} respaced ancestral steps, "
                   f"features: {s.get('extractor')}; bits/dim on {s.get('bpd_examples')} test images, "
                   f"{s.get('bpd_method')}; profile {s.get('profile')})" if s else "")
-               + ". Different datasets, extractors and model sizes: compare directions, not values.")
+               + ". Different datasets, extractors and model sizes: compare directions, not values. A claim holds here if "
+               + "; ".join(f"({k}) {rule}" for k, rule in CLAIM_RULES.items()) + ".")
     table = _paper.html_table(["claim", "paper", "this book", "holds here"], body, caption)
     table.verdicts = verdicts
     table.rows = body

@@ -29,10 +29,17 @@ from importlib import resources
 from typing import Any, Iterable, NamedTuple
 
 MARKS = ("P", "C", "S", "U")
+# what each mark tells a reader, for the tables' captions (the data file's "marks" say it to its editors)
+MARK_LEGEND = {
+    "P": "read in the paper",
+    "C": "read in the paper's reference code",
+    "S": "from agreeing transcriptions of the paper, not yet checked against its PDF",
+    "U": "often cited beside the paper's table, not confirmed in it",
+}
 
 __all__ = [
-    "MARKS", "PaperValue", "Table", "tables", "info", "table", "row", "value", "ref", "cite",
-    "setting", "format_cell", "render_table", "compare", "notation", "html_table",
+    "MARKS", "MARK_LEGEND", "PaperValue", "Table", "tables", "info", "table", "row", "value", "ref", "cite",
+    "setting", "format_cell", "mark_legend", "render_table", "compare", "notation", "html_table",
 ]
 
 
@@ -260,8 +267,16 @@ def html_table(header: list[str], body: list[list[Any]], caption: str = "") -> T
     return Table("\n".join(md), "\n".join(h))
 
 
+def mark_legend(marks: Iterable[str]) -> str:
+    """The caption sentence that says what the given marks mean, in MARKS order (``""`` for none)."""
+    marks = set(marks)
+    used = [m for m in MARKS if m in marks]
+    return ("Marks: " + "; ".join(f"{m}, {MARK_LEGEND[m]}" for m in used) + ".") if used else ""
+
+
 def render_table(name: str, columns: Iterable[str] | None = None, **where: Any) -> Table:
-    """A paper table as Markdown/HTML with a mark column and the source as its caption.
+    """A paper table as Markdown/HTML with a mark column and the source as its caption, followed by
+    what the marks in the table mean (:func:`mark_legend`).
 
     ``columns`` defaults to the table's columns without the helper ones (``*_std``, ``*_train``,
     ``*_is_bound``), which are folded into their main column by :func:`format_cell`.
@@ -272,7 +287,8 @@ def render_table(name: str, columns: Iterable[str] | None = None, **where: Any) 
     columns = list(columns)
     rows = table(name, **where)
     body = [[format_cell(r, c) for c in columns] + [r["mark"]] for r in rows]
-    return html_table(columns + ["mark"], body, caption=f"{meta['title']} Source: {meta['source']}.")
+    caption = f"{meta['title']} Source: {meta['source']}. {mark_legend(r['mark'] for r in rows)}"
+    return html_table(columns + ["mark"], body, caption=caption.rstrip())
 
 
 def drop_shared_columns(header: list[str], body: list[list[str]], columns: Iterable[str],
@@ -344,6 +360,8 @@ def compare(
         ])
     header, body, shared = drop_shared_columns(header, body, header[4:], min_rows=2)
     said = ", ".join(f"{h} {v}" for h, v in shared.items() if v)  # an empty column just goes
-    if said:
-        caption = (caption.rstrip() + " " if caption.strip() else "") + f"All the book's numbers: {said}."
+    legend = mark_legend(r["paper"].mark for r in rows if isinstance(r.get("paper"), PaperValue))
+    for extra in [f"All the book's numbers: {said}." if said else "", legend]:
+        if extra:
+            caption = (caption.rstrip() + " " if caption.strip() else "") + extra
     return html_table(header, body, caption=caption)

@@ -129,7 +129,7 @@ def test_report_verdicts_follow_their_rules():
     assert v["GANs cover fewer modes"] is True and v["GAN training is unstable"] is True
     assert v["VAEs give blurrier samples"] == "yes" and v["flows give weaker samples"] == "mixed"
     assert v["diffusion covers all modes"] is True and v["diffusion samples match GANs"] == "no"
-    assert v["diffusion gives a likelihood"] is True and v["diffusion's likelihood matches VAEs and flows"] is False
+    assert v["diffusion gives a likelihood"] is True and v["diffusion's likelihood matches VAEs and flows (the book's added check)"] is False
     # a DDPM that drops a mode, a GAN that does not, and a DDPM ahead of the GAN by both metrics
     rows = toy_rows({"gan": [8, 8, 8], "vae": [8, 8, 8], "flow": [8, 8, 8], "ddpm": [8, 7, 8]},
                     {"gan": [0.9, 0.9, 0.9], "vae": [0.4, 0.5, 0.6], "flow": [0.6, 0.6, 0.6], "ddpm": [0.5, 0.5, 0.5]})
@@ -170,6 +170,16 @@ def test_toy_cache_check_matches_what_train_toy_stores(tmp_path, monkeypatch):
         assert not compare._toy_cached(fam, "ring", 1) and not compare._toy_cached(fam, "grid", 0)
 
 
+def test_toy_table_prints_whole_mode_counts_without_a_decimal():
+    def row(seed, covered):
+        return dict(dataset="grid", family="gan", seed=seed, covered=covered, num_modes=25, high_quality=0.5,
+                    mode_tv=0.1, train_seconds=4.0, steps=1000, batch_size=256)
+    agree = compare.toy_table([row(0, 25), row(1, 25)]).iloc[0]
+    assert agree["modes covered"] == "25 of 25 (min 25, max 25)" and agree["updates × batch"] == "1,000 × 256"
+    differ = compare.toy_table([row(0, 20), row(1, 21), row(2, 21)]).iloc[0]
+    assert differ["modes covered"] == "20.7 of 25 (min 20, max 21)"
+
+
 def test_toy_ddpm_variant_differs_from_the_ddpm_in_its_network_only(tmp_path, monkeypatch):
     """"ddpm-fourier" trains with the DDPM's budget and settings, its own cache entry, and a network
     with Fourier features of its input; toy_study and toy_table take it like a family."""
@@ -197,10 +207,10 @@ def test_image_table_leaves_cells_blank_where_a_row_has_no_training():
         dict(model="DDPM", eval=e, bpd={"bpd": 2.0, "bpd_se": 0.1}, train_seconds=270.55, updates="700 x 32",
              sample_seconds=0.1, sampler="50 ancestral steps"),
         dict(model="noise", eval=SimpleNamespace(fid=1207.7, is_mean=1.0, kid_mean=1615.4815, kid_std=1.992))])
-    assert table.loc["noise", "KID x 1e3"] == "1,615,482 ± 1,992"  # not 1615481.5 ± 1992.0
-    assert table.loc["DDPM", "train s"] == "270.6" and table.loc["DDPM", "ms per sample"] == "100.00"
-    assert table.loc["DDPM", "bits/dim (test)"] == "2.00 ± 0.10" and table.loc["DDPM", "KID x 1e3"] == "12.3 ± 2.0"
-    assert table.loc["noise", "train s"] == "" and table.loc["noise", "ms per sample"] == ""
+    assert table.loc["noise", "KID × 10³"] == "1,615,482 ± 1,992"  # not 1615481.5 ± 1992.0
+    assert table.loc["DDPM", "training s"] == "270.6" and table.loc["DDPM", "ms per sample"] == "100.00"
+    assert table.loc["DDPM", "bits/dim (test)"] == "2.00 ± 0.10" and table.loc["DDPM", "KID × 10³"] == "12.3 ± 2.0"
+    assert table.loc["noise", "training s"] == "" and table.loc["noise", "ms per sample"] == ""
     assert table.loc["noise", "bits/dim (test)"] == "none" and not table.isna().any().any()
 
 
@@ -223,14 +233,14 @@ def test_image_table_shows_seed_means_and_seed_table_their_range():
             dict(model="VAE", eval=evals, bpd=bpds, train_seconds=[40.0, 44.0, 42.0], updates="1,000 x 32"),
             dict(model="DDPM", eval=evals[:1], bpd=bpds[:1], train_seconds=[100.0], updates="1,000 x 32")]
     table = compare.image_table(rows)
-    assert table.loc["GAN", "FID"] == 12.0 and table.loc["GAN", "KID x 1e3"] == "12.0" and table.loc["GAN", "IS"] == 3.2
+    assert table.loc["GAN", "FID"] == 12.0 and table.loc["GAN", "KID × 10³"] == "12.0" and table.loc["GAN", "IS"] == 3.2
     assert table.loc["VAE", "bits/dim (test)"] == "1.60" and table.loc["GAN", "bits/dim (test)"] == "none"
-    assert table.loc["GAN", "train s"] == "42.0" and table.loc["GAN", "seeds"] == 3 and table.loc["DDPM", "seeds"] == 1
-    assert table.loc["DDPM", "KID x 1e3"] == "10.0 ± 1.0" and table.loc["DDPM", "bits/dim (test)"] == "1.50 ± 0.10"
+    assert table.loc["GAN", "training s"] == "42.0" and table.loc["GAN", "seeds"] == 3 and table.loc["DDPM", "seeds"] == 1
+    assert table.loc["DDPM", "KID × 10³"] == "10.0 ± 1.0" and table.loc["DDPM", "bits/dim (test)"] == "1.50 ± 0.10"
     seeds = compare.seed_table(rows)
     assert list(seeds.index) == ["GAN", "VAE"]  # the DDPM has one run
     assert seeds.loc["VAE", "FID min"] == 10.0 and seeds.loc["VAE", "FID max"] == 14.0
-    assert seeds.loc["VAE", "KID x 1e3 max"] == 14.0 and seeds.loc["VAE", "bits/dim min"] == 1.5
+    assert seeds.loc["VAE", "KID × 10³ max"] == 14.0 and seeds.loc["VAE", "bits/dim min"] == 1.5
     assert seeds.loc["GAN", "bits/dim min"] == "" and not seeds.isna().any().any()
 
 
@@ -308,7 +318,7 @@ def test_image_study_measures_every_family_alike_and_round_trips_through_its_fil
     assert back.refs["noise"].fid == study.refs["noise"].fid
     assert compare.image_table(back.rows()).equals(compare.image_table(study.rows()))
     about = back.describe()
-    assert about["budget of every model"] == "2 updates x 64 images" and about["samples scored per model"] == 10
+    assert about["budget of every model"] == "2 updates × 64 images" and about["samples scored per model"] == 10
     assert about["model sizes"] == "cpu profile" and "cores" in about["measured on"] and about["date"][:2] == "20"
     assert compare.seed_table(back.rows()).equals(compare.seed_table(study.rows()))
     monkeypatch.setenv("DDPM_PROFILE", "cpu")  # the chapter's colour section: the saved run, or None

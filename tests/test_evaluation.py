@@ -140,6 +140,9 @@ def test_evaluate_table_names_the_extractor_the_sample_count_and_the_profile(ext
     mixed = evaluation.results_table([r, replace(real, extractor="another network")])
     assert "| feature extractor | profile |" not in mixed and "feature extractor" in mixed
     assert "features: see the column" in mixed and "another network" in mixed
+    # what ± and seconds mean: IS splits, KID subsets, bits/dim standard error (only with a bound)
+    assert "of KID over its random subsets, the standard error of bits/dim" in both and "seconds: the whole" in both
+    assert "bits/dim" not in evaluation.results_table([real]).split("\n\n")[-1]
     paper_net = evaluation.results_table([replace(real, extractor=features.PAPER_INCEPTION_NAME)])
     assert "the papers' network" in paper_net and "not Inception" not in paper_net
     given = evaluation.results_table([r, real], caption="my caption")  # a given caption keeps every column
@@ -205,6 +208,9 @@ def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
     assert table.verdicts == {"a": True, "b": evaluation.PARTLY, "c": True, "d": True, "e": True, "f": False}
     assert table.rows[1][-1] == "in part" and "<td>in part</td>" in table.html
     assert "3.17" in table and "13.51" in table and "5.00" in table  # paper and book numbers side by side
+    # the caption states every claim's rule, with (e)'s margin
+    caption = table.html.split("<caption>")[1].split("</caption>")[0]
+    assert all(f"({c}) " in caption for c in "abcdef") and f"below {evaluation.FEW_STEP_MARGIN} times" in caption
     flipped = evaluation.claims_table(fake_results(**{"eps-vlb-fixed": dict(fid=4.0), "vlb-learned": dict(bpd=3.5),
                                                       "hybrid-learned": dict(fid_few=60.0)}))
     assert flipped.verdicts["a"] is False and flipped.verdicts["c"] is False and flipped.verdicts["e"] is False

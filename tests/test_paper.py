@@ -68,6 +68,19 @@ def test_render_table_has_one_line_per_row_and_the_source():
     assert t._repr_html_().count("<tr>") == 1 + len(paper.table("nichol2021_cifar10"))
 
 
+def test_captions_say_what_the_marks_in_the_table_mean():
+    t = paper.render_table("nichol2021_nll")   # table mark S, two rows U
+    assert "Marks: S, from agreeing transcriptions" in t.html and "U, often cited beside" in t.html
+    assert "P, read in the paper" not in t.html
+    assert paper.mark_legend([]) == "" and paper.mark_legend(["U", "P", "P"]).startswith("Marks: P, read in the paper; U,")
+    fid = paper.ref("ho2020_table1", "FID", model="DDPM, L_simple")
+    t = paper.compare([{"quantity": "FID", "paper": fid, "book": 41.2}], profile="cpu", dataset="digits",
+                      extractor="classifier", n_samples=200)
+    assert f"Marks: {fid.mark}, {paper.MARK_LEGEND[fid.mark]}." in t.html
+    assert "Marks" not in paper.compare([{"quantity": "FID", "paper": 3.17, "book": 41.2}], profile="cpu",
+                                        dataset="digits", extractor="classifier", n_samples=200).html
+
+
 def test_tables_print_the_papers_symbols_not_their_ascii_keys():
     # the data file keys rows by ASCII names ("mu~", "Sigma", "eps", "L_simple"); tables show symbols
     t = paper.render_table("ho2020_table2")
@@ -112,14 +125,14 @@ def test_compare_states_a_setting_that_every_row_shares_once():
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     # profile and dataset are the same in both rows: one mention under the table, no column
     assert header == ["quantity", "paper", "paper source", "this book", "feature extractor", "samples"]
-    assert lines[-1] == "Paper against book. All the book's numbers: profile cpu, dataset mnist5k."
+    assert lines[-1].startswith("Paper against book. All the book's numbers: profile cpu, dataset mnist5k. Marks: ")
     assert [c.strip() for c in lines[3].strip("|").split("|")][-2:] == ["none (likelihood)", "64"]
     html_text = t._repr_html_()
     assert "<th>profile</th>" not in html_text and "profile cpu, dataset mnist5k" in html_text
     # a setting that differs between rows keeps its column
     rows[1]["dataset"] = "digits"
     t = paper.compare(rows, profile="cpu", dataset="mnist5k", extractor="offline classifier", n_samples=200)
-    assert "| dataset |" in str(t) and str(t).splitlines()[-1] == "All the book's numbers: profile cpu."
+    assert "| dataset |" in str(t) and str(t).splitlines()[-1].startswith("All the book's numbers: profile cpu. Marks: ")
 
 
 def test_compare_refuses_a_book_number_without_its_setting():
