@@ -15,6 +15,8 @@ import math
 import sys
 from pathlib import Path
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".tif", ".tiff", ".webp")  # what save_samples can write
+
 
 def _field_type(annotation: str):
     """The argparse type of a TrainConfig field from its (string) annotation."""
@@ -51,6 +53,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                            metavar=f.name.upper() if options is None else None, help=help_text)
 
 
+def _eta(text: str) -> float:
+    """The argparse type of --eta: a number in [0, 1]."""
+    try:
+        eta = float(text)
+    except ValueError:
+        eta = math.nan
+    if not 0.0 <= eta <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like "
+                                         f"variance); got {text}")
+    return eta
+
+
 def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by train (e.g. runs/x/last.pt)")
     p.add_argument("--out", required=True, metavar="PNG",
@@ -62,7 +76,7 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="ddpm sampler: number of evenly spaced reverse steps (default: all T)")
     p.add_argument("--ddim-steps", type=int, default=50, help="ddim sampler: number of steps (default: 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim sampler: noise scale eta, 0 is deterministic (default: 0)")
+    p.add_argument("--eta", type=_eta, default=0.0, help="ddim sampler: noise scale eta, 0 is deterministic (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default: 0)")
     p.add_argument("--no-ema", action="store_true", help="sample with the last weights instead of their EMA")
     p.add_argument("--device", default=None, help="device to sample on (default: runtime.get_device())")
@@ -73,15 +87,16 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ddpm_core`` parser with the ``train`` and ``sample`` commands."""
     parser = argparse.ArgumentParser(prog="python -m ddpm_core", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False,  # `train --t 50` is not --timestep-sampler
                                      epilog="Run 'python -m ddpm_core COMMAND --help' for the options of a command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_options(sub.add_parser(
-        "train", help="train a diffusion model and write checkpoints (resumes a run in --out)",
+        "train", allow_abbrev=False, help="train a diffusion model and write checkpoints (resumes a run in --out)",
         description="Train a DDPM (Algorithm 1 of Ho et al. 2020) with Adam, learning-rate warm-up, gradient "
                     "clipping and an EMA of the weights. Ctrl-C saves a checkpoint; running the same command "
                     "again resumes it exactly. Under torchrun every process trains a shard of each batch."))
     _add_sample_options(sub.add_parser(
-        "sample", help="draw samples from a checkpoint and save them as a PNG",
+        "sample", allow_abbrev=False, help="draw samples from a checkpoint and save them as a PNG",
         description="Draw samples from a trained model (its EMA weights by default) and save a PNG."))
     return parser
 
@@ -121,6 +136,21 @@ def save_samples(x, path: str | Path, nrow: int | None = None) -> None:
         raise ValueError(f"cannot draw samples of shape {tuple(x.shape)}: expected [N, C, H, W] or [N, 2]")
 
 
+def _check_out(out: str) -> None:
+    """Refuse an --out that :func:`save_samples` could not write; creates its folder."""
+    path, need = Path(out), f"--out must be an image file such as samples.png; got {out!r}"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{need} ({'no file extension' if not path.suffix else 'extension ' + path.suffix}); "
+                         f"use one of {', '.join(IMAGE_SUFFIXES)}")
+    if path.is_dir():
+        raise ValueError(f"{need} (a folder)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out!r} cannot be written: its folder {str(path.parent)!r} cannot be created "
+                         f"({e.strerror or e}); choose another path") from None
+
+
 def _sample(args) -> int:
     import torch
 
@@ -128,8 +158,14 @@ def _sample(args) -> int:
     from .train import load_checkpoint
 
     if args.n < 1:
-        raise SystemExit(f"--n must be >= 1, got {args.n}")
-    device = torch.device(args.device) if args.device else runtime.get_device()
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    _check_out(args.out)  # before the sampling, which may take minutes
+    try:
+        device = torch.device(args.device) if args.device else runtime.get_device()
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a device name; use cpu or cuda (e.g. cuda:0)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA device is visible; use --device cpu")
     result = load_checkpoint(args.checkpoint, map_location=device)
     model = result.model if args.no_ema else result.ema
     d = result.diffusion
@@ -141,9 +177,9 @@ def _sample(args) -> int:
                                  progress=progress)
         how = f"DDIM, {args.ddim_steps} steps, eta {args.eta}"
     else:
-        steps = args.steps or d.num_timesteps
+        steps = d.num_timesteps if args.steps is None else args.steps
         if not 1 <= steps <= d.num_timesteps:
-            raise SystemExit(f"--steps must be in 1..{d.num_timesteps} (T of this model), got {steps}")
+            raise ValueError(f"--steps must be in 1..{d.num_timesteps} (T of this model), got {steps}")
         process = d if steps == d.num_timesteps else sampling.respace(d, steps)
         x = sampling.ddpm_sample(model, process, shape, generator=generator, progress=progress)
         how = f"DDPM, {steps} of {d.num_timesteps} steps"
@@ -154,9 +190,26 @@ def _sample(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m ddpm_core`` and of the ``ddpm-core`` script."""
-    args = build_parser().parse_args(argv)
-    return {"train": _train, "sample": _sample}[args.command](args)
+    """Entry point of ``python -m ddpm_core`` and of the ``ddpm-core`` script.
+
+    From the command line (``argv`` None), a value that the library refuses (a ``ValueError``, a
+    missing or unreadable checkpoint, samples that are not finite) is reported as argparse reports
+    its own errors: one line ``error: ...`` and exit code 2 (a training run that diverged: the same
+    line, exit code 1; its last good checkpoint is kept). Called with an ``argv`` list (from
+    Python: tests, notebooks), ``main`` raises the exception instead."""
+    from .sampling import NonFiniteSampleError
+    from .train import CheckpointError, TrainingDivergedError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _train, "sample": _sample}[args.command](args)
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteSampleError, TrainingDivergedError) as e:
+        if argv is not None:
+            raise
+        # a refused value is a usage error (2); a run that diverged ran and failed (1)
+        code = 1 if isinstance(e, TrainingDivergedError) else 2
+        parser.exit(code, f"{parser.prog} {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

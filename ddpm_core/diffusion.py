@@ -51,6 +51,9 @@ class GaussianDiffusion:
 
     def __init__(self, betas, mean_type: str = "eps", var_type: str = "fixed_small",
                  loss_type: str = "simple", timestep_map=None):
+        if isinstance(betas, str):
+            raise TypeError(f"GaussianDiffusion takes betas (a 1-D tensor); for a named schedule use "
+                            f"GaussianDiffusion(schedules.get_betas({betas!r}, T))")
         self.mean_type = _choose(mean_type, MEAN_TYPES, "mean_type")
         self.var_type = _choose(var_type, VAR_TYPES, "var_type")
         self.loss_type = _choose(loss_type, LOSS_TYPES, "loss_type")
@@ -117,10 +120,26 @@ class GaussianDiffusion:
                                 f"t must lie in 0..{self.num_timesteps - 1}")
         return t.long()
 
+    @staticmethod
+    def check_x0(x0: torch.Tensor) -> torch.Tensor:
+        """Validate clean data: a float tensor and, for image batches [N, C, H, W] on the CPU (no host
+        synchronisation on accelerators), values near [-1, 1]. The bound is loose (|x0| <= 10) so
+        that tests may use standard normal "images"; it catches 0..255 pixels."""
+        if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
+            got = f"dtype {x0.dtype}" if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise TypeError(f"x0 must be a float tensor of images in [-1, 1], got {got}; "
+                            "convert with x.float() / 127.5 - 1")
+        if x0.dim() == 4 and x0.device.type == "cpu" and x0.numel():
+            lo, hi = (float(v) for v in torch.aminmax(x0))
+            if max(-lo, hi) > 10:
+                raise ValueError(f"x0 must hold images in [-1, 1]; got min {lo:.4g} and max {hi:.4g}. "
+                                 "Map 0..255 pixels with x / 127.5 - 1")
+        return x0
+
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor):
         """Mean, variance and log-variance of q(x_t | x_0) (Ho et al. eq. 4)."""
-        t = self.check_t(t, len(x0))
+        t = self.check_t(t, len(self.check_x0(x0)))
         mean = self._extract("sqrt_alpha_bar", t, x0) * x0
         var = self._extract("sqrt_one_minus_alpha_bar", t, x0) ** 2
         return mean, var.expand_as(x0), self._extract("log_one_minus_alpha_bar", t, x0).expand_as(x0)
@@ -132,7 +151,7 @@ class GaussianDiffusion:
         :param t: long [N] steps.
         :param noise: optional standard normal noise, same shape as ``x0``.
         """
-        t = self.check_t(t, len(x0))
+        t = self.check_t(t, len(self.check_x0(x0)))
         if noise is None:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
@@ -242,7 +261,7 @@ class GaussianDiffusion:
                      t: torch.Tensor, clip_denoised: bool = True) -> torch.Tensor:
         """The bound's term L_t in bits per dimension, [N]: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
         for t > 0, and the decoder NLL -log p(x_0 | x_1) (discretised, eq. 13 of Ho et al.) at t == 0."""
-        return self._vb_terms(model_out, x0, x_t, self.check_t(t, len(x0)), clip_denoised)["output"]
+        return self._vb_terms(model_out, self.check_x0(x0), x_t, self.check_t(t, len(x0)), clip_denoised)["output"]
 
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
         """KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [N]. Not trained; near 0 for a good schedule."""
@@ -261,7 +280,7 @@ class GaussianDiffusion:
         :param noise: optional noise for ``q_sample``.
         :return: a dict of [N] tensors: ``loss``; ``mse`` (simple, hybrid); ``vb`` (vlb, hybrid).
         """
-        t = self.check_t(t, len(x0))
+        t = self.check_t(t, len(self.check_x0(x0)))
         if noise is None:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
@@ -301,7 +320,7 @@ class GaussianDiffusion:
             ``vb`` [N x T] (L_t per step; column 0 is the decoder NLL), ``mse`` [N x T] (eps error)
             and ``x0_mse`` [N x T] (error of the predicted x_0, for rate-distortion curves).
         """
-        n, T = len(x0), self.num_timesteps
+        n, T = len(self.check_x0(x0)), self.num_timesteps
         vb, eps_mse, x0_mse = (torch.zeros(n, T, device=x0.device, dtype=x0.dtype) for _ in range(3))
         per_call = max(1, max_batch // max(n, 1))
         order = list(range(T - 1, -1, -1))

@@ -8,6 +8,7 @@ the chapter that trains and discusses them (chapter 7) and the chapter that tabu
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -132,6 +133,27 @@ def _as_images(data_or_tensor, n: int | None, split: str = "test") -> torch.Tens
     return x
 
 
+def _check_count(name: str, value, least: int, why: str = "") -> None:
+    """Reject a count (of samples, of a batch) below ``least`` before any work is done."""
+    if not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be at least {least}{why}; got {value!r}")
+
+
+def _sample_shape(model, shape) -> tuple:
+    """One sample's shape (C, H, W) (or (D,) for points), by default from the model's attributes."""
+    channels, size = getattr(model, "in_channels", None), getattr(model, "image_size", None)
+    if shape is None:
+        if channels is None or size is None:
+            raise ValueError("pass shape=(C, H, W): the model has no in_channels/image_size attributes")
+        return (channels, size, size)
+    shape = tuple(shape)
+    if len(shape) not in (1, 3) or (channels is not None and (len(shape) != 3 or shape[0] != channels)):
+        example = f"{(channels, size or 8, size or 8)} for this model" if channels else "(1, 8, 8), or (D,) for points"
+        raise ValueError(f"shape is the shape of one sample, (C, H, W), e.g. {example}; got {shape}. "
+                         "The number of samples is n.")
+    return shape
+
+
 def _extractor(extractor) -> _features.FeatureExtractor:
     """An extractor object from itself or its name (``features.get_extractor``)."""
     return _features.get_extractor(extractor) if isinstance(extractor, str) else extractor
@@ -160,7 +182,8 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
     than the T-step bound, because each of its steps has to bridge T/K of the original ones. It costs
     K/T of the exact bound. With K = T it equals the exact bound (same steps, same noise).
 
-    :param model: callable ``model(x_t, t)`` (the EMA network of a ``train.TrainResult``).
+    :param model: callable ``model(x_t, t)`` (the EMA network of a ``train.TrainResult``); an
+        ``nn.Module`` is evaluated in eval mode (no dropout) and then gets its mode back.
     :param diffusion: the ``GaussianDiffusion`` the model was trained with.
     :param data_or_tensor: [N, C, H, W] images in [-1, 1], a ``data.Dataset``, or a dataset name
         (its test split).
@@ -176,19 +199,21 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
         step, on the [-1, 1] scale), ``timesteps`` long [K] (the original 0-indexed step of each
         column), ``n``, ``steps`` (K), ``method`` (a sentence) and ``seconds``.
     """
+    _check_count("batch_size", batch_size, 1)
     x = _as_images(data_or_tensor, n)
     d = diffusion if strided is None else _sampling.respace(diffusion, strided)
     K, T = d.num_timesteps, diffusion.num_timesteps
     device = _device(model)
     start = time.perf_counter()
     totals, priors, vbs, mses = [], [], [], []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        out = d.bpd(model, xb, clip_denoised=clip_denoised, noise_generator=generator, progress=progress)
-        totals.append(out["total_bpd"].double().cpu())
-        priors.append(out["prior_bpd"].double().cpu())
-        vbs.append(out["vb"].double().cpu())
-        mses.append(out["x0_mse"].double().cpu())
+    with _sampling.eval_mode(model):  # no dropout
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            out = d.bpd(model, xb, clip_denoised=clip_denoised, noise_generator=generator, progress=progress)
+            totals.append(out["total_bpd"].double().cpu())
+            priors.append(out["prior_bpd"].double().cpu())
+            vbs.append(out["vb"].double().cpu())
+            mses.append(out["x0_mse"].double().cpu())
     total, prior, vb, mse = torch.cat(totals), torch.cat(priors), torch.cat(vbs), torch.cat(mses)
     n_ex = len(total)
     se = float(total.std() / math.sqrt(n_ex)) if n_ex > 1 else float("nan")
@@ -280,16 +305,16 @@ def sample_images(model: Callable, diffusion: GaussianDiffusion, n: int, batch_s
         ``steps`` is given) or ``"ddim"`` (Song et al. 2021a, ``eta`` = 0: deterministic).
     :param steps: None (all T steps) or a count / respacing spec (see ``sampling.space_timesteps``;
         for DDIM an int N means N steps at an integer stride).
-    :param shape: one example's shape (C, H, W); default from the model's ``in_channels`` and
-        ``image_size``.
+    :param shape: one example's shape (C, H, W) (or (D,) for points); default from the model's
+        ``in_channels`` and ``image_size``.
     :return: float32 [n, C, H, W] samples in [-1, 1] on the CPU.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
-    if shape is None:
-        if not (hasattr(model, "in_channels") and hasattr(model, "image_size")):
-            raise ValueError("pass shape=(C, H, W): the model has no in_channels/image_size attributes")
-        shape = (model.in_channels, model.image_size, model.image_size)
+    _sampling.check_model(model)
+    _check_count("n", n, 1)
+    _check_count("batch_size", batch_size, 1)
+    shape = _sample_shape(model, shape)
     d = diffusion
     if sampler == "ddpm" and steps is not None:
         d = _sampling.respace(diffusion, steps)
@@ -442,6 +467,8 @@ def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str 
     (``features.reference_stats``); KID (Binkowski et al. 2018) subsets of min(1000, N) images of
     both sets; IS (Salimans et al. 2016) the extractor's class probabilities over ``is_splits`` splits.
     """
+    if len(images) < 2:
+        raise ValueError(f"score_images needs at least 2 images (FID needs a covariance); got {len(images)}")
     ext = _extractor(extractor)
     seconds = dict(seconds or {})
     start = time.perf_counter()
@@ -479,6 +506,8 @@ def evaluate(model: Callable, diffusion: GaussianDiffusion, dataset: str = "mnis
     ``seed + 1``. The result's ``samples`` holds the images (for a figure) and ``bpd_detail`` the
     per-step terms of the bound (for :func:`rate_distortion`).
     """
+    _check_count("n_samples", n_samples, 2, " (FID needs a covariance)")
+    _check_count("batch_size", batch_size, 1)
     seconds = {}
     start = time.perf_counter()
     gen = torch.Generator(device=_device(model)).manual_seed(seed)

@@ -47,12 +47,14 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     """Map float images in [-1, 1] to uint8 ``round((x + 1) * 127.5)``, as saved samples are.
 
     uint8 input is returned unchanged. Values outside [-1, 1] are clipped; values far outside
-    (beyond [-2, 2]) raise, since they mean the images are on another scale.
+    (beyond [-2, 2]) raise, since they mean the images are on another scale, and so do NaN and inf.
     """
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():
         raise TypeError(f"expected float images in [-1, 1] or uint8 images, got dtype {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images hold NaN or inf values (a diverged model?); cannot compute features")
     lo, hi = float(images.min()), float(images.max())
     if lo < -2.0 or hi > 2.0:
         raise ValueError(f"expected images in [-1, 1], got min {lo:.3g} and max {hi:.3g}; "

@@ -255,6 +255,8 @@ def kid(features1: ArrayLike, features2: ArrayLike, num_subsets: int = 100, subs
     f1, f2 = _as_float64(features1, "features1", 2), _as_float64(features2, "features2", 2)
     if f1.shape[1] != f2.shape[1]:
         raise ValueError(f"feature dimensions differ: {f1.shape[1]} and {f2.shape[1]}")
+    if num_subsets < 1:
+        raise ValueError(f"num_subsets must be at least 1; got {num_subsets}")
     m = min(subset_size, f1.shape[0], f2.shape[0])
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples in each set, got {f1.shape[0]} and {f2.shape[0]}")

@@ -43,9 +43,16 @@ def get_device(profile: str | None = None) -> torch.device:
 
 
 def cache_dir() -> Path:
-    """Directory for trained models, reference statistics and datasets (``$DDPM_CACHE``)."""
-    path = Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm_core")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    """Directory for trained models, reference statistics and datasets (``$DDPM_CACHE``; a blank
+    value counts as unset), created if needed."""
+    env = os.environ.get("DDPM_CACHE", "").strip()
+    path = Path(env or Path.home() / ".cache" / "ddpm_core").expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where, fix = ("from $DDPM_CACHE", " or unset it (default ~/.cache/ddpm_core)") if env else ("the default", "")
+        raise OSError(f"cannot use the cache folder {path} ({where}): {e.strerror or e}; "
+                      f"point DDPM_CACHE at a writable folder{fix}") from e
     return path
 
 

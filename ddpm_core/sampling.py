@@ -6,6 +6,9 @@ animations use those instead of writing their own loop. Any callable ``model(x_t
 """
 from __future__ import annotations
 
+import contextlib
+import numbers
+import operator
 from typing import Callable, Iterator
 
 import torch
@@ -17,7 +20,7 @@ from .diffusion import GaussianDiffusion, _randn
 def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     """Choose which original steps a respaced process keeps.
 
-    :param section_counts: an int (that many evenly spaced steps), a list of ints or a string
+    :param section_counts: an int (that many evenly spaced steps; numpy integers too), a list of ints or a string
         ``"10,20,30"`` (the T steps are cut into equal sections, each gets its count, evenly
         spaced within it), or ``"ddimN"`` (N steps at a fixed integer stride, as in DDIM).
     :return: sorted list of 0-indexed original steps.
@@ -39,9 +42,14 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
             section_counts = [int(s) for s in spec.split(",")]
         except ValueError:
             raise ValueError(f"bad respacing {spec!r}: expected an int, 'a,b,c' or 'ddimN'") from None
-    elif isinstance(section_counts, int):
+    elif isinstance(section_counts, numbers.Integral):  # numpy integers too
         section_counts = [section_counts]
-    counts = list(section_counts)
+    try:
+        counts = [operator.index(c) for c in section_counts]
+    except TypeError:
+        raise TypeError("steps must be an int count, a list of ints, or a spec such as '10,20,30' or 'ddim50'; "
+                        f"got {section_counts!r} ({type(section_counts).__name__}); use an int such as T // 4, "
+                        "not T / 4") from None
     if not counts or any(c < 1 for c in counts):
         raise ValueError(f"every section needs at least one step, got {counts}")
     size, extra = divmod(T, len(counts))
@@ -80,6 +88,28 @@ def respace(d: GaussianDiffusion, steps) -> GaussianDiffusion:
 
 
 # ---------------------------------------------------------------------- shared loop
+def check_model(model) -> None:
+    """Reject a ``train.TrainResult`` (or the like) passed where the network is expected."""
+    if hasattr(model, "ema") and hasattr(model, "model") and not callable(model):
+        raise TypeError(f"model must be a network, got a {type(model).__name__}; pass result.ema (the EMA weights, "
+                        "for sampling and evaluation) or result.model")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run an ``nn.Module`` in eval mode (no dropout) inside the block, then give every submodule
+    back the mode it had. Other callables are left alone."""
+    check_model(model)
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    if modes:
+        model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _model_device(model, device):
     if device is not None:
         return torch.device(device)
@@ -143,15 +173,17 @@ def ddpm_sample_progressive(model: Callable, d: GaussianDiffusion, shape, genera
                             x_T: torch.Tensor | None = None) -> Iterator[dict]:
     """Ancestral sampling (Algorithm 2 of Ho et al. 2020), yielding after every step a dict with
     ``t`` (the step just taken), ``x_t`` (the new state, i.e. x_{t-1} in the paper's 1-indexed
-    notation) and ``pred_x0``. Checks each step's model output for NaN/inf."""
+    notation) and ``pred_x0``. Checks each step's model output for NaN/inf. A model in training
+    mode runs in eval mode until the generator is exhausted or closed."""
     device = _model_device(model, device)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
-    for i in _steps(d.num_timesteps, progress, "DDPM sampling"):
-        noise = _randn(shape, generator, device, x.dtype)
-        x, out, model_out = ddpm_step(model, d, x, i, noise, clip_denoised)
-        if not bool(torch.isfinite(model_out).all()):
-            _raise_non_finite(i, d.num_timesteps)
-        yield {"t": i, "x_t": x, "pred_x0": out["pred_x0"]}
+    with eval_mode(model):
+        for i in _steps(d.num_timesteps, progress, "DDPM sampling"):
+            noise = _randn(shape, generator, device, x.dtype)
+            x, out, model_out = ddpm_step(model, d, x, i, noise, clip_denoised)
+            if not bool(torch.isfinite(model_out).all()):
+                _raise_non_finite(i, d.num_timesteps)
+            yield {"t": i, "x_t": x, "pred_x0": out["pred_x0"]}
 
 
 @torch.no_grad()
@@ -161,6 +193,7 @@ def ddpm_sample(model: Callable, d: GaussianDiffusion, shape, generator=None, pr
 
     Works for a respaced ``d`` too (strided sampling). The loop makes no host synchronisation per
     step: non-finite model outputs are tracked on the device and reported, with their step, at the end.
+    An ``nn.Module`` in training mode samples in eval mode (no dropout) and gets its mode back.
 
     :param shape: the output shape [N, C, H, W] (or [N, D] for vectors).
     :param generator: a ``torch.Generator`` for reproducible noise.
@@ -169,10 +202,11 @@ def ddpm_sample(model: Callable, d: GaussianDiffusion, shape, generator=None, pr
     device = _model_device(model, device)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    for i in _steps(d.num_timesteps, progress, "DDPM sampling"):
-        noise = _randn(shape, generator, device, x.dtype)
-        x, _, model_out = ddpm_step(model, d, x, i, noise, clip_denoised)
-        first_bad = _track(first_bad, model_out, i)
+    with eval_mode(model):
+        for i in _steps(d.num_timesteps, progress, "DDPM sampling"):
+            noise = _randn(shape, generator, device, x.dtype)
+            x, _, model_out = ddpm_step(model, d, x, i, noise, clip_denoised)
+            first_bad = _track(first_bad, model_out, i)
     _finish(first_bad, d.num_timesteps)
     return x
 
@@ -198,10 +232,15 @@ def ddim_step(model: Callable, d: GaussianDiffusion, x_t: torch.Tensor, i: int, 
     return x_prev, out, model_out
 
 
+def _check_eta(eta: float) -> None:
+    if not 0.0 <= eta <= 1.0:  # also rejects NaN
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like variance); got {eta}")
+
+
 def _ddim_process(d: GaussianDiffusion, steps) -> GaussianDiffusion:
     if steps is None:
         return d
-    return respace(d, f"ddim{steps}" if isinstance(steps, int) else steps)
+    return respace(d, f"ddim{int(steps)}" if isinstance(steps, numbers.Integral) else steps)
 
 
 @torch.no_grad()
@@ -209,15 +248,17 @@ def ddim_sample_progressive(model: Callable, d: GaussianDiffusion, shape, steps=
                             generator=None, progress: bool = False, clip_denoised: bool = True,
                             device=None, x_T: torch.Tensor | None = None) -> Iterator[dict]:
     """DDIM sampling yielding ``t``, ``x_t`` and ``pred_x0`` after every step (see ``ddim_sample``)."""
+    _check_eta(eta)
     device = _model_device(model, device)
     d = _ddim_process(d, steps)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
-    for i in _steps(d.num_timesteps, progress, "DDIM sampling"):
-        noise = _randn(shape, generator, device, x.dtype) if eta > 0 else None
-        x, out, model_out = ddim_step(model, d, x, i, noise, eta, clip_denoised)
-        if not bool(torch.isfinite(model_out).all()):
-            _raise_non_finite(i, d.num_timesteps)
-        yield {"t": i, "x_t": x, "pred_x0": out["pred_x0"]}
+    with eval_mode(model):
+        for i in _steps(d.num_timesteps, progress, "DDIM sampling"):
+            noise = _randn(shape, generator, device, x.dtype) if eta > 0 else None
+            x, out, model_out = ddim_step(model, d, x, i, noise, eta, clip_denoised)
+            if not bool(torch.isfinite(model_out).all()):
+                _raise_non_finite(i, d.num_timesteps)
+            yield {"t": i, "x_t": x, "pred_x0": out["pred_x0"]}
 
 
 @torch.no_grad()
@@ -228,14 +269,17 @@ def ddim_sample(model: Callable, d: GaussianDiffusion, shape, steps=None, eta: f
 
     :param steps: ``None`` (all of ``d``'s steps), an int N (respaced as ``"ddimN"``) or a
         respacing spec string (see ``space_timesteps``).
+    :param eta: in [0, 1]; the scale of the noise added at each step.
     """
+    _check_eta(eta)
     device = _model_device(model, device)
     d = _ddim_process(d, steps)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    for i in _steps(d.num_timesteps, progress, "DDIM sampling"):
-        noise = _randn(shape, generator, device, x.dtype) if eta > 0 else None
-        x, _, model_out = ddim_step(model, d, x, i, noise, eta, clip_denoised)
-        first_bad = _track(first_bad, model_out, i)
+    with eval_mode(model):
+        for i in _steps(d.num_timesteps, progress, "DDIM sampling"):
+            noise = _randn(shape, generator, device, x.dtype) if eta > 0 else None
+            x, _, model_out = ddim_step(model, d, x, i, noise, eta, clip_denoised)
+            first_bad = _track(first_bad, model_out, i)
     _finish(first_bad, d.num_timesteps)
     return x

@@ -6,6 +6,7 @@ Every table is float64 (as in the reference code) and indexed by the 0-based ste
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -20,10 +21,11 @@ def get_betas(name: str, T: int) -> torch.Tensor:
     """Return the betas of schedule ``name`` for ``T`` steps as a float64 tensor [T].
 
     :param name: ``"linear"`` or ``"cosine"`` (see ``SCHEDULES``).
-    :param T: number of diffusion steps, at least 1.
+    :param T: number of diffusion steps, at least 1 (a Python or numpy integer).
     """
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+    if not isinstance(T, numbers.Integral) or isinstance(T, bool) or T < 1:
         raise ValueError(f"T must be a positive integer number of steps, got {T!r}")
+    T = int(T)
     if name == "linear":
         scale = 1000.0 / T  # keeps the schedule's shape for any T, as in improved-diffusion
         if T <= 20:

@@ -382,11 +382,19 @@ _REQUIRED_KEYS = ("format", "config", "step", "model", "ema", "optimizer", "samp
                   "sample_shape")
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict (tensors on the CPU), with clear errors for bad files."""
+def checkpoint_file(path: str | Path) -> Path:
+    """``path``, or ``path/last.pt`` where ``path`` is a run folder holding one."""
     path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() and (path / CHECKPOINT_NAME).is_file() else path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict (tensors on the CPU), with clear errors for bad files. ``path`` is a
+    checkpoint file or a run folder (for its ``last.pt``)."""
+    path = checkpoint_file(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        folder = f" (a folder without {CHECKPOINT_NAME})" if path.is_dir() else ""
+        raise FileNotFoundError(f"no checkpoint at {path}{folder}")
     advice = "delete it (a run in that folder then starts afresh) or pick another checkpoint"
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -409,8 +417,10 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> TrainResult:
     """Load a checkpoint written by :func:`train` as a :class:`TrainResult` (models in eval mode).
 
+    :param path: a checkpoint file, or a run folder (``out_dir`` of :func:`train`) for its ``last.pt``.
     :param map_location: device for the models; default ``runtime.get_device()``.
     """
+    path = checkpoint_file(path)
     raw = read_checkpoint(path)
     config = TrainConfig.from_dict(raw["config"])
     device = torch.device(map_location) if map_location is not None else runtime.get_device()
@@ -508,6 +518,35 @@ def compiled_or_eager(net: nn.Module) -> Callable:
     return forward
 
 
+def check_finite(x: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` if the examples ``x`` [N, ...] hold NaN or inf values (``what``: whose data)."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.reshape(len(x), -1).any(1).nonzero()[0])
+        raise ValueError(f"{what} holds {int(bad.sum())} NaN/inf values (first in example {first}); "
+                         "clean the data before training")
+
+
+def _check_fits(config: TrainConfig, shape: tuple) -> None:
+    """Raise ``ValueError`` if examples of ``shape`` do not fit the network of ``config.preset``."""
+    from . import unet
+
+    def words(kind: str, n: int) -> str:
+        return f"points of dimension {n}" if kind == "points" else f"images with {n} input channel" + "s" * (n > 1)
+
+    def takes(settings: dict) -> str:  # what a preset's network takes
+        return words("points", settings["dim"]) if "dim" in settings else words("images", settings["in_channels"])
+
+    presets = {**unet.PRESETS, **unet.MLP_PRESETS}
+    need = words("points" if len(shape) == 1 else "images", shape[0]) if len(shape) in (1, 3) else None
+    if takes(presets[config.preset]) != need:
+        fitting = [name for name, settings in presets.items() if takes(settings) == need]
+        raise ValueError(f"dataset {config.dataset!r} holds examples of shape {shape} but preset "
+                         f"{config.preset!r} takes {takes(presets[config.preset])}; "
+                         + (f"choose a preset that takes {need} (e.g. {', '.join(fitting)})" if fitting
+                            else "no preset takes such examples"))
+
+
 class _Trainer:
     def __init__(self, config: TrainConfig, out_dir: Path | None, progress: bool, callback, setup):
         self.config, self.out_dir, self.progress, self.callback = config, out_dir, progress, callback
@@ -518,6 +557,7 @@ class _Trainer:
         self.diffusion = build_diffusion(c)
         self.sampler = resample.create_sampler(c.timestep_sampler, c.T)
         x = load_train_data(c)
+        check_finite(x, f"the training data of {c.dataset!r}")
         if x.dim() == 4 and x.numel() and (x.min() < -1.0001 or x.max() > 1.0001):  # images only
             raise ValueError(f"training data must lie in [-1, 1], got min {float(x.min()):.3g}, max {float(x.max()):.3g}")
         self.sample_shape = tuple(x.shape[1:])
@@ -525,6 +565,7 @@ class _Trainer:
                                    self.rank, self.world, c.flip)
         torch.manual_seed(c.seed)  # the initial weights: the same on every process
         self.net = build_network(c).to(self.device)
+        _check_fits(c, self.sample_shape)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         torch.manual_seed(_seed(c.seed, "dropout", self.rank))
         self.noise_gen = torch.Generator(device=self.device).manual_seed(_seed(c.seed, "noise", self.rank))
@@ -854,7 +895,14 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
+    if not isinstance(config, TrainConfig):
+        hint = f"train.book_config({config!r})" if isinstance(config, str) else "train.book_config(name)"
+        raise TypeError(f"train() takes a TrainConfig or a dict, got {type(config).__name__}; "
+                        f"for a configuration of the book use {hint}")
     config.validate()
+    if config.device and torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device = {config.device!r} but no CUDA device is visible; "
+                         "use device 'cpu' (or None for runtime.get_device())")
     out_dir = Path(out_dir) if out_dir is not None else None
     rank, world, device, created_group = _distributed_setup(config)
     try:

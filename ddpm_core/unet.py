@@ -58,6 +58,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, kind: str = "ddpm") -> torch.T
     return F.pad(torch.cat(parts, dim=1), (0, dim % 2))
 
 
+def _check_dtype_and_t(x_t: torch.Tensor, t, weight: torch.Tensor) -> None:
+    """Clear errors for an ``x_t`` of a dtype that the network's weights cannot take (float64 or
+    integers; lower precision is autocast's business) and for a step ``t`` that is not a tensor."""
+    if x_t.dtype != weight.dtype and (x_t.dtype == torch.float64 or not x_t.is_floating_point()):
+        fix = "x.float()" if weight.dtype == torch.float32 else f"x.to({weight.dtype})"
+        x_type, w_type = (str(d).removeprefix("torch.") for d in (x_t.dtype, weight.dtype))
+        raise TypeError(f"x_t is {x_type} but the network's weights are {w_type}; pass {fix}")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a tensor [N] of 0-indexed steps, got {type(t).__name__} {t!r}; "
+                        f"use torch.full(({len(x_t)},), step) for a shared step")
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block with the time embedding injected after the first conv.
 
@@ -262,6 +274,11 @@ class UNet(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """:param x_t: the [N x C x H x W] noisy images; :param t: a [N] tensor of 0-indexed steps.
         :return: [N x out_channels x H x W] (eps_pred; with learn_sigma, then the variance output v)."""
+        if x_t.dim() != 4 or x_t.shape[1] != self.in_channels:
+            raise ValueError(f"UNet expects x_t of shape [N, C, H, W] with C = {self.in_channels} (channels first); "
+                             f"got {tuple(x_t.shape)}. Use x.permute(0, 3, 1, 2) for channels-last images and "
+                             "x[None] for a single image.")
+        _check_dtype_and_t(x_t, t, self.conv_in.weight)
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be a 1-D tensor with one step per image, shape ({x_t.shape[0]},); "
                              f"got shape {tuple(t.shape)}. Use torch.full((N,), step) for a shared step")
@@ -499,6 +516,10 @@ class TimeMLP(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """:param x_t: [N x dim] points; :param t: [N] 0-indexed steps. :return: [N x out_channels]."""
+        if x_t.dim() != 2 or x_t.shape[1] != self.config["dim"]:
+            raise ValueError(f"TimeMLP expects x_t of shape [N, dim] with dim = {self.config['dim']}; "
+                             f"got {tuple(x_t.shape)}. Use x[None] for a single point.")
+        _check_dtype_and_t(x_t, t, self.inp.weight)
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be a 1-D tensor with one step per point, shape ({x_t.shape[0]},); "
                              f"got shape {tuple(t.shape)}")

@@ -43,8 +43,13 @@ def _as_numpy(images) -> np.ndarray:
 
 def to_uint8(images) -> np.ndarray:
     """Map [-1, 1] to 0..255 the way the papers quantise samples: ``round((x + 1) * 127.5)``,
-    values outside [-1, 1] clipped. Returns uint8 [N, H, W, 3] (grey images repeated to RGB)."""
+    values outside [-1, 1] clipped. Returns uint8 [N, H, W, 3] (grey images repeated to RGB).
+
+    Noisy images x_t (about N(0, 1)) are shown clipped; values beyond +-10 mean another scale and raise."""
     x = _as_numpy(images)
+    if x.size and (x.min() < -10 or x.max() > 10):
+        raise ValueError(f"expected images in [-1, 1], got min {x.min():.3g} and max {x.max():.3g}; "
+                         "map 0..255 pixels with x / 127.5 - 1")
     x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     x = x.transpose(0, 2, 3, 1)
     if x.shape[-1] == 1:
@@ -64,6 +69,8 @@ def image_grid(images, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) 
         raise ValueError(f"nrow must be at least 1, got {nrow}")
     tiles = to_uint8(images)
     n, h, w, _ = tiles.shape
+    if n == 0:
+        raise ValueError("image_grid needs at least one image; got an empty batch")
     ncol = min(nrow, n)
     nrows = -(-n // ncol)
     fill = int(np.clip(np.rint((pad_value + 1.0) * 127.5), 0, 255))

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import runtime
+from ..train import check_finite
 
 LN2 = math.log(2.0)
 
@@ -160,6 +161,8 @@ def fit(
         raise ValueError("give a number of steps, a time_budget in seconds, or both")
     if steps is not None and steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if isinstance(data, torch.Tensor):  # once, before training; of an iterable, the first batch below
+        check_finite(data, "the training data")
     device = model.device
     cpu_gen = torch.Generator().manual_seed(seed)
     noise_gen = cpu_gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
@@ -174,6 +177,7 @@ def fit(
         x = next(batches).to(device, non_blocking=True)
         if step == 0:
             model.check_data(x)
+            check_finite(x, "the first training batch")
         out = model.training_step(x, optimizers, noise_gen)
         for key, value in out.items():
             records.setdefault(key, []).append(value.detach())
