@@ -291,7 +291,8 @@ def rate_distortion_table(rd: dict) -> _paper.Table:
         body.append([str(r["reverse_step"]), str(r["rate_bpd"]), str(r["rmse"]), f"{k} of {K}",
                      f"{float(rd['rate_bpd'][k - 1]):.5f}", f"{float(rd['rmse'][k - 1]):.3f}"])
     caption = (f"Progressive lossy compression. Paper: {_paper.cite('ho2020_table4')}, CIFAR-10 test set, T = 1000. "
-               f"Book: {rd['n']} test images, {rd['method']}. RMSE on the 0..255 scale.")
+               f"Book: {rd['n']} test images, {rd['method']}. RMSE on the 0..255 scale. "
+               + _paper.mark_legend(r["mark"] for r in _paper.table("ho2020_table4")))
     return _paper.html_table(header, body, caption)
 
 

@@ -98,7 +98,7 @@ def test_rate_grows_and_distortion_falls_as_more_reverse_steps_are_sent(digits16
     assert thirds[0] > thirds[1] > thirds[2]
     assert float(rmse[0]) > 40 and float(rmse[-1]) < 1  # 0..255 scale: from a blur to the exact image
     table = evaluation.rate_distortion_table(rd)
-    assert "1.77581" in table and "100 of 100" in table
+    assert "1.77581" in table and "100 of 100" in table and "Marks: P, read in the paper." in table
 
 
 def test_fid_and_kid_of_real_test_images_are_far_below_noise(extractor):
