@@ -703,7 +703,7 @@ def summary_html(rows: list[dict]) -> str:
     # on a GPU the host's CPU time, the paired rounds and its load add nothing to the wall-clock ratio
     head = ["", "preset", "params", "batch", "ddpm_core img/s", "diffusers img/s", "ratio"] + \
         ([] if gpu else ["ratio (CPU time)", "ratio (paired rounds)"]) + \
-        (["fastest ddpm_core mode", "its ratio"] if others else []) + (["MFU", "peak GiB"] if gpu else ["load"])
+        (["fastest mode", "its ratio"] if others else []) + (["MFU", "peak GiB"] if gpu else ["load"])
     body = []
     for r in rows:
         cells = [r["kind"], f"<code>{r['preset']}</code>", _compact_count(r["parameters"]), str(r["batch"]),

@@ -47,6 +47,8 @@ def add_noise(x0: torch.Tensor, sigma: float, generator: torch.Generator | None 
 
 def sigma_at_step(d: GaussianDiffusion, t: int) -> float:
     """The noise level of step ``t`` measured on the data's scale: sqrt((1 - alpha_bar_t) / alpha_bar_t)."""
+    if not 0 <= t < d.num_timesteps:
+        raise ValueError(f"t must be a 0-indexed step in 0..{d.num_timesteps - 1}, got {t}")
     ab = float(d.alpha_bar[t])
     return math.sqrt((1.0 - ab) / ab)
 

@@ -235,3 +235,20 @@ def test_numpy_integer_steps_and_a_schedule_name_instead_of_betas():
     with pytest.raises(TypeError, match=r"GaussianDiffusion takes betas \(a 1-D tensor\); for a named schedule use "
                                         r"GaussianDiffusion\(schedules.get_betas\('linear', T\)\)"):
         GaussianDiffusion("linear")
+
+
+def test_denoise_step_out_of_range_and_foreign_baseline_checkpoints(run_dir, tmp_path):
+    from ddpm_core import denoise
+    with pytest.raises(ValueError, match=r"t must be a 0-indexed step in 0\.\.49, got 50"):
+        denoise.sigma_at_step(diffusion(), T)
+    with pytest.raises(FileNotFoundError, match="no baseline checkpoint at"):
+        baselines.load(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="train.load_checkpoint"):
+        baselines.load(run_dir / "last.pt")      # a DDPM checkpoint
+    model = baselines.build("vae", (2,))
+    path = tmp_path / "vae.pt"
+    baselines.train(model, torch.randn(64, 2) * 0.3, steps=2, batch_size=16, progress=False, checkpoint=path)
+    assert baselines.load(path).history is not None
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable baseline checkpoint"):
+        baselines.load(tmp_path / "cut.pt")

@@ -109,7 +109,16 @@ def bits_per_dim(model: Baseline, x: torch.Tensor, generator: torch.Generator | 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Baseline:
     """Rebuild a baseline from a checkpoint written by :func:`train`; its history is ``model.history``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no baseline checkpoint at {path}; baselines.train writes one") from None
+    except Exception as e:  # a truncated or foreign file: torch's zip or unpickling error
+        raise ValueError(f"{path} is not a readable baseline checkpoint ({type(e).__name__}); retrain it "
+                         "with baselines.train (a DDPM checkpoint loads with train.load_checkpoint)") from None
+    if not isinstance(ckpt, dict) or "family" not in ckpt.get("config", {}):
+        raise ValueError(f"{path} is not a baseline checkpoint (no 'family' in its config); a DDPM "
+                         "checkpoint loads with train.load_checkpoint")
     config = dict(ckpt["config"])
     family, data_shape = config.pop("family"), config.pop("data_shape")
     model = FAMILIES[family](data_shape, **config)
