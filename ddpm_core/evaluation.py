@@ -126,10 +126,7 @@ def _as_images(data_or_tensor, n: int | None, split: str = "test") -> torch.Tens
         if n < 1 or n > len(x):
             raise ValueError(f"n = {n} examples asked for, but there are {len(x)}; pass 1 <= n <= {len(x)}")
         x = x[:n]
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
-        raise ValueError(f"expected images in [-1, 1], got min {lo:.3g} and max {hi:.3g}; map 0..255 "
-                         "pixels with x / 127.5 - 1")
+    _runtime.check_image_range(float(x.min()), float(x.max()), 1.0 + 1e-6)
     return x
 
 

@@ -55,10 +55,7 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"expected float images in [-1, 1] or uint8 images, got dtype {images.dtype}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError("images hold NaN or inf values (a diverged model?); cannot compute features")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -2.0 or hi > 2.0:
-        raise ValueError(f"expected images in [-1, 1], got min {lo:.3g} and max {hi:.3g}; "
-                         "map 0..255 pixels with x / 127.5 - 1")
+    runtime.check_image_range(float(images.min()), float(images.max()), 2.0)
     return ((images.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 

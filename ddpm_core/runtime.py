@@ -42,6 +42,15 @@ def get_device(profile: str | None = None) -> torch.device:
     return torch.device("cuda" if profile == "gpu" else "cpu")
 
 
+def check_image_range(lo: float, hi: float, limit: float = 1.0) -> None:
+    """Raise ``ValueError`` where images whose smallest and largest values are ``lo`` and ``hi`` reach
+    beyond [-limit, limit]: they are not on the [-1, 1] scale (0..255 pixels, most likely). Each
+    caller picks its own ``limit``: clean data 1, images to quantise 2, noisy images to draw 10."""
+    if lo < -limit or hi > limit:
+        raise ValueError(f"expected images in [-1, 1], got min {lo:.3g} and max {hi:.3g}; "
+                         "map 0..255 pixels with x / 127.5 - 1")
+
+
 def cache_dir() -> Path:
     """Directory for trained models, reference statistics and datasets (``$DDPM_CACHE``; a blank
     value counts as unset), created if needed."""

@@ -46,10 +46,11 @@ def to_uint8(images) -> np.ndarray:
     values outside [-1, 1] clipped. Returns uint8 [N, H, W, 3] (grey images repeated to RGB).
 
     Noisy images x_t (about N(0, 1)) are shown clipped; values beyond +-10 mean another scale and raise."""
+    from . import runtime
+
     x = _as_numpy(images)
-    if x.size and (x.min() < -10 or x.max() > 10):
-        raise ValueError(f"expected images in [-1, 1], got min {x.min():.3g} and max {x.max():.3g}; "
-                         "map 0..255 pixels with x / 127.5 - 1")
+    if x.size:
+        runtime.check_image_range(float(x.min()), float(x.max()), 10.0)
     x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     x = x.transpose(0, 2, 3, 1)
     if x.shape[-1] == 1:

@@ -177,7 +177,8 @@ def fit(
         x = next(batches).to(device, non_blocking=True)
         if step == 0:
             model.check_data(x)
-            check_finite(x, "the first training batch")
+            if not isinstance(data, torch.Tensor):  # a tensor was checked whole, above
+                check_finite(x, "the first training batch")
         out = model.training_step(x, optimizers, noise_gen)
         for key, value in out.items():
             records.setdefault(key, []).append(value.detach())
