@@ -828,6 +828,21 @@ def default_output(result: dict) -> Path:
     return Path(__file__).resolve().parent.parent / "benchmarks" / f"{kind}-{result['machine']['date'][:10]}.json"
 
 
+def _preset_case(spec: str, parser: argparse.ArgumentParser) -> tuple[str, int]:
+    """``(preset, batch)`` of one ``--presets`` entry ``preset:batch``; a usage error otherwise."""
+    def fail(why: str):
+        parser.error(f"--presets: {why} (expected comma-separated preset:batch pairs, e.g. cpu-digits:64)")
+
+    preset, sep, batch = spec.strip().partition(":")
+    if not sep or not preset or not batch:
+        fail(f"{spec!r} is not preset:batch")
+    if not batch.isdigit() or int(batch) < 1:
+        fail(f"batch {batch!r} of {spec!r} is not an int >= 1")
+    if preset not in unet.PRESETS:
+        fail(f"unknown preset {preset!r}; choose one of {sorted(unet.PRESETS)}")
+    return preset, int(batch)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m ddpm_core.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -849,7 +864,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     cases = None
     if args.presets:
-        cases = [(p.split(":")[0], int(p.split(":")[1])) for p in args.presets.split(",")]
+        cases = [_preset_case(p, parser) for p in args.presets.split(",")]
     eval_kwargs = {}
     if args.quick:
         cases = cases or [("cpu-digits", 32)]

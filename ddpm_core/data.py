@@ -13,6 +13,7 @@ and celebahq (a folder of images; sorted by path, the last 10 % are the test set
 """
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,11 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohisto
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, in the order of :data:`DATASETS`."""
     return list(DATASETS)
+
+
+def _is_int(v) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 @dataclass(eq=False, repr=False)
@@ -105,8 +111,9 @@ class Dataset(torch.utils.data.Dataset):
         flips (its device may differ from the data's), so a seeded generator repeats an epoch.
         """
         n = len(self)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+        batch_size = int(batch_size)
         if drop_last and batch_size > n:
             raise ValueError(f"batch_size {batch_size} exceeds the {n} items of {self.name!r} "
                              f"({self.split}); use a smaller batch or drop_last=False")
@@ -418,6 +425,9 @@ def load_dataset(name: str, split: str = "train", image_size: int | None = None,
         raise ValueError(f"{name!r} holds 2-D points: flip and image_size apply to images only")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
+    if image_size is not None and (not _is_int(image_size) or image_size < 1):
+        raise ValueError(f"image_size must be None (the dataset's own size) or an int >= 1; got {image_size!r}")
+    image_size = None if image_size is None else int(image_size)
 
     if toy:
         parts = _toy(name, split, **kw)

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import sampling
+from . import runtime, sampling
 from .diffusion import GaussianDiffusion
 
 __all__ = [
@@ -68,11 +68,17 @@ def step_for_sigma(d: GaussianDiffusion, sigma: float) -> int:
     return int(torch.argmin((log_sigma - math.log(sigma)).abs()))
 
 
+def _check_step(d: GaussianDiffusion, t: int) -> None:
+    """Reject a step outside ``d``'s 0-indexed steps 0..T-1."""
+    if not 0 <= t < d.num_timesteps:
+        raise ValueError(f"t must lie in 0..{d.num_timesteps - 1}, got {t}; step_for_sigma(d, sigma) "
+                         "picks the step of a noise level")
+
+
 def truncate(d: GaussianDiffusion, t: int) -> GaussianDiffusion:
     """The process over steps 0..t of ``d``: same betas (hence the same alpha_bar and posterior),
     same model indices, so that ``ddpm_sample`` on it runs the reverse chain from step t only."""
-    if not 0 <= t < d.num_timesteps:
-        raise ValueError(f"t must lie in 0..{d.num_timesteps - 1}, got {t}")
+    _check_step(d, t)
     timestep_map = None if d.timestep_map is None else d.timestep_map[: t + 1]
     return GaussianDiffusion(d.betas[: t + 1], d.mean_type, d.var_type, d.loss_type, timestep_map=timestep_map)
 
@@ -100,6 +106,7 @@ def denoise_one_step(model: Callable, d: GaussianDiffusion, y: torch.Tensor, sig
     :return: [N x C x H x W] denoised images in [-1, 1].
     """
     t = step_for_sigma(d, sigma) if t is None else t
+    _check_step(d, t)
     x_t = _scaled(d, y.to(_device(model)), t)
     steps = torch.full((len(y),), t, dtype=torch.long, device=x_t.device)
     out = d.p_mean_variance(d.model_call(model, x_t, steps), x_t, steps)
@@ -128,10 +135,14 @@ def denoise_chain(model: Callable, d: GaussianDiffusion, y: torch.Tensor, sigma:
 def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
     """Peak signal-to-noise ratio of each image in dB, [N]: ``10 log10(data_range^2 / MSE)``.
 
-    ``x`` is clipped to [-1, 1] first (a displayed image cannot leave that range).
+    ``x`` is clipped to [-1, 1] first (a displayed image cannot leave that range); with the default
+    ``data_range`` the reference ``ref`` must lie in [-1, 1] (0..255 pixels raise instead of giving
+    a PSNR near -37 dB).
     """
     if x.shape != ref.shape:
         raise ValueError(f"x has shape {tuple(x.shape)} but ref has {tuple(ref.shape)}")
+    if data_range == 2.0 and ref.numel():  # the same bound as evaluation's clean images
+        runtime.check_image_range(*(float(v) for v in torch.aminmax(ref)), limit=1 + 1e-6)
     mse = ((x.clamp(-1, 1) - ref) ** 2).flatten(1).mean(1)
     return 10.0 * torch.log10(data_range ** 2 / mse.clamp(min=1e-12))
 

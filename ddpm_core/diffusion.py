@@ -163,6 +163,9 @@ class GaussianDiffusion:
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eqs. 6-7)."""
+        if isinstance(x0, torch.Tensor) and isinstance(x_t, torch.Tensor) and x_t.shape != x0.shape:
+            raise ValueError(f"x_t has shape {tuple(x_t.shape)} but x0 has {tuple(x0.shape)}; "
+                             "q(x_{t-1} | x_t, x_0) needs x_t and x0 of the same shape (one x_t per x0)")
         return self._q_posterior(x0, x_t, self.check_t(t, len(x0)))
 
     def _q_posterior(self, x0, x_t, t):
@@ -320,6 +323,7 @@ class GaussianDiffusion:
             ``vb`` [N x T] (L_t per step; column 0 is the decoder NLL), ``mse`` [N x T] (eps error)
             and ``x0_mse`` [N x T] (error of the predicted x_0, for rate-distortion curves).
         """
+        check_generator(noise_generator, "noise_generator")
         n, T = len(self.check_x0(x0)), self.num_timesteps
         vb, eps_mse, x0_mse = (torch.zeros(n, T, device=x0.device, dtype=x0.dtype) for _ in range(3))
         per_call = max(1, max_batch // max(n, 1))
@@ -343,6 +347,14 @@ class GaussianDiffusion:
         bar.close()
         prior = self.prior_bpd(x0)
         return {"total_bpd": vb.sum(1) + prior, "prior_bpd": prior, "vb": vb, "mse": eps_mse, "x0_mse": x0_mse}
+
+
+def check_generator(generator, name: str = "generator") -> None:
+    """Reject anything but a ``torch.Generator`` or None (a seed passed as ``generator=0``, say)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        seed = generator if isinstance(generator, int) and not isinstance(generator, bool) else 0
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__} {generator!r}; "
+                        f"pass torch.Generator().manual_seed({seed}) for reproducible noise")
 
 
 def _randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:

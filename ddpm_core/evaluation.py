@@ -23,7 +23,7 @@ from . import paper as _paper
 from . import runtime as _runtime
 from . import sampling as _sampling
 from . import train as _train
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, check_generator
 
 # ---------------------------------------------------------------------- the ablation models
 ABLATION_STEPS = 600  # training updates of every ablation model (the same for all, so they compare)
@@ -197,6 +197,7 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
         column), ``n``, ``steps`` (K), ``method`` (a sentence) and ``seconds``.
     """
     _check_count("batch_size", batch_size, 1)
+    check_generator(generator)
     x = _as_images(data_or_tensor, n)
     d = diffusion if strided is None else _sampling.respace(diffusion, strided)
     K, T = d.num_timesteps, diffusion.num_timesteps
@@ -310,6 +311,8 @@ def sample_images(model: Callable, diffusion: GaussianDiffusion, n: int, batch_s
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     _sampling.check_model(model)
+    _sampling.check_diffusion(diffusion, model)
+    check_generator(generator)
     _check_count("n", n, 1)
     _check_count("batch_size", batch_size, 1)
     shape = _sample_shape(model, shape)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,12 +44,25 @@ INCEPTION_URLS = (
 INCEPTION_ENV = "DDPM_INCEPTION_WEIGHTS"
 
 
+def _as_tensor(images) -> torch.Tensor:
+    """A tensor of ``images``: a numpy array is taken as it is (no copy unless it is read-only)."""
+    if isinstance(images, torch.Tensor):
+        return images
+    if isinstance(images, np.ndarray):
+        arr = np.ascontiguousarray(images)  # torch takes no negative strides (a flipped view)
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    raise TypeError(f"images must be a tensor or a numpy array [N, C, H, W] (floats in [-1, 1] or uint8), "
+                    f"got {type(images).__name__}")
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """Map float images in [-1, 1] to uint8 ``round((x + 1) * 127.5)``, as saved samples are.
 
-    uint8 input is returned unchanged. Values outside [-1, 1] are clipped; values far outside
-    (beyond [-2, 2]) raise, since they mean the images are on another scale, and so do NaN and inf.
+    uint8 input is returned unchanged (a numpy array as a tensor). Values outside [-1, 1] are clipped;
+    values far outside (beyond [-2, 2]) raise, since they mean the images are on another scale, and so
+    do NaN and inf.
     """
+    images = _as_tensor(images)
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():
@@ -66,9 +80,9 @@ PAPER_INCEPTION_NAME = "Inception-v3 (TF 2015-12-05 weights, torch-fidelity port
 class FeatureExtractor:
     """Common interface: ``features(images) -> [N, D]``, ``logits(images) -> [N, K]``.
 
-    ``images`` are ``[N, C, H, W]`` floats in [-1, 1] (or uint8); they are quantised to uint8
-    first, so generated samples and dataset images go through the same pipeline. Results are
-    float32 CPU tensors. Subclasses implement :meth:`_forward` on a uint8 batch.
+    ``images`` are ``[N, C, H, W]`` floats in [-1, 1] (or uint8), tensors or numpy arrays; they are
+    quantised to uint8 first, so generated samples and dataset images go through the same pipeline.
+    Results are float32 CPU tensors. Subclasses implement :meth:`_forward` on a uint8 batch.
 
     :ivar name: a description that tables print.
     :ivar key: a short string identifying the network and its weights in cache file names
@@ -89,7 +103,8 @@ class FeatureExtractor:
     def _forward(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _batches(self, images: torch.Tensor, batch_size: int | None) -> Iterator[torch.Tensor]:
+    def _batches(self, images: torch.Tensor | np.ndarray, batch_size: int | None) -> Iterator[torch.Tensor]:
+        images = _as_tensor(images)
         if images.dim() != 4:
             raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(images.shape)}")
         bs = batch_size or self.batch_size

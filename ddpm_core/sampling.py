@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .diffusion import GaussianDiffusion, _randn
+from .diffusion import GaussianDiffusion, _randn, check_generator
 
 
 # ---------------------------------------------------------------------- respacing
@@ -93,6 +93,30 @@ def check_model(model) -> None:
     if hasattr(model, "ema") and hasattr(model, "model") and not callable(model):
         raise TypeError(f"model must be a network, got a {type(model).__name__}; pass result.ema (the EMA weights, "
                         "for sampling and evaluation) or result.model")
+
+
+def check_diffusion(d, model=None) -> None:
+    """Reject anything but a ``GaussianDiffusion`` where the process is expected (the network and the
+    process passed the other way round, most likely)."""
+    if not isinstance(d, GaussianDiffusion):
+        why = ("the model and the diffusion are swapped: call it as (model, diffusion, ...)"
+               if isinstance(model, GaussianDiffusion) else "the samplers take (model, diffusion, ...)")
+        raise TypeError(f"diffusion must be a GaussianDiffusion, got {type(d).__name__}; {why}")
+
+
+def check_sampler_args(model, d, shape, generator=None, x_T=None) -> None:
+    """The argument checks of every sampler, before any work: the model, the process, the generator
+    and a given start ``x_T`` (a tensor of ``shape``). Types and shapes only: no host synchronisation."""
+    check_model(model)
+    check_diffusion(d, model)
+    check_generator(generator)
+    if x_T is not None:
+        if not isinstance(x_T, torch.Tensor):
+            raise TypeError(f"x_T must be a tensor of shape {tuple(shape)} (the start of the chain) or None, "
+                            f"got {type(x_T).__name__}")
+        if tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape is {tuple(shape)}; x_T is the start "
+                             "of the chain: pass shape=x_T.shape")
 
 
 @contextlib.contextmanager
@@ -175,6 +199,7 @@ def ddpm_sample_progressive(model: Callable, d: GaussianDiffusion, shape, genera
     ``t`` (the step just taken), ``x_t`` (the new state, i.e. x_{t-1} in the paper's 1-indexed
     notation) and ``pred_x0``. Checks each step's model output for NaN/inf. A model in training
     mode runs in eval mode until the generator is exhausted or closed."""
+    check_sampler_args(model, d, shape, generator, x_T)
     device = _model_device(model, device)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
     with eval_mode(model):
@@ -199,6 +224,7 @@ def ddpm_sample(model: Callable, d: GaussianDiffusion, shape, generator=None, pr
     :param generator: a ``torch.Generator`` for reproducible noise.
     :return: the [N x C x H x W] samples.
     """
+    check_sampler_args(model, d, shape, generator, x_T)
     device = _model_device(model, device)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -249,6 +275,7 @@ def ddim_sample_progressive(model: Callable, d: GaussianDiffusion, shape, steps=
                             device=None, x_T: torch.Tensor | None = None) -> Iterator[dict]:
     """DDIM sampling yielding ``t``, ``x_t`` and ``pred_x0`` after every step (see ``ddim_sample``)."""
     _check_eta(eta)
+    check_sampler_args(model, d, shape, generator, x_T)
     device = _model_device(model, device)
     d = _ddim_process(d, steps)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
@@ -272,6 +299,7 @@ def ddim_sample(model: Callable, d: GaussianDiffusion, shape, steps=None, eta: f
     :param eta: in [0, 1]; the scale of the noise added at each step.
     """
     _check_eta(eta)
+    check_sampler_args(model, d, shape, generator, x_T)
     device = _model_device(model, device)
     d = _ddim_process(d, steps)
     x = _randn(shape, generator, device) if x_T is None else x_T.to(device)

@@ -21,8 +21,11 @@ def get_betas(name: str, T: int) -> torch.Tensor:
     """Return the betas of schedule ``name`` for ``T`` steps as a float64 tensor [T].
 
     :param name: ``"linear"`` or ``"cosine"`` (see ``SCHEDULES``).
-    :param T: number of diffusion steps, at least 1 (a Python or numpy integer).
+    :param T: number of diffusion steps, at least 1 (a Python or numpy integer, or a 0-d integer tensor).
     """
+    if isinstance(T, torch.Tensor) and T.ndim == 0 and not T.is_floating_point() and not T.is_complex() \
+            and T.dtype != torch.bool:
+        T = int(T)
     if not isinstance(T, numbers.Integral) or isinstance(T, bool) or T < 1:
         raise ValueError(f"T must be a positive integer number of steps, got {T!r}")
     T = int(T)

@@ -874,6 +874,17 @@ class _Trainer:
                            history=history, checkpoint=path, step=n, sample_shape=self.sample_shape)
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any training, a run folder that is a file or lies inside one (it could not be created)."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == out_dir else f"lies inside {folder}, which is a file"
+                raise ValueError(f"out_dir {out_dir} {where}, not a folder; pass a folder for the run's "
+                                 "checkpoints (it is created if missing)")
+            return
+
+
 def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
           callback: Callable[[StepInfo], None] | None = None) -> TrainResult:
     """Train a model as ``config`` describes (Algorithm 1 of Ho et al. 2020, with the recipe of
@@ -904,6 +915,8 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
         raise ValueError(f"TrainConfig.device = {config.device!r} but no CUDA device is visible; "
                          "use device 'cpu' (or None for runtime.get_device())")
     out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        _check_out_dir(out_dir)
     rank, world, device, created_group = _distributed_setup(config)
     try:
         # the run seeds and draws from the global RNG (initial weights, dropout): the caller's is restored after
