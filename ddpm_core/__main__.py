@@ -18,10 +18,28 @@ from pathlib import Path
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".tif", ".tiff", ".webp")  # what save_samples can write
 
 
+class _NoneValue:
+    """What ``--flag none`` gives for a field that may be None (argparse's own None means "not given")."""
+
+    def __repr__(self):
+        return "none"
+
+
+NONE = _NoneValue()
+
+
 def _field_type(annotation: str):
-    """The argparse type of a TrainConfig field from its (string) annotation."""
-    base = annotation.split("|")[0].strip()
-    return {"int": int, "float": float, "str": str}.get(base, str)
+    """The argparse type of a TrainConfig field from its (string) annotation; a field that may be
+    None (``float | None``) also takes the word ``none``."""
+    parts = [part.strip() for part in annotation.split("|")]
+    base = {"int": int, "float": float, "str": str}.get(parts[0], str)
+    if "None" not in parts:
+        return base
+
+    def parse(text: str):
+        return NONE if text.strip().lower() == "none" else base(text)
+    parse.__name__ = base.__name__  # argparse names the type in "invalid float value: 'x'"
+    return parse
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -44,7 +62,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})"
+        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r}"
+        help_text += "; the word none gives None)" if "None" in f.type.split("|")[-1] else ")"
         if f.type == "bool":
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -104,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from .train import TrainConfig, book_config, train
 
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-               if getattr(args, f.name) is not None}
+    changes = {f.name: None if getattr(args, f.name) is NONE else getattr(args, f.name)
+               for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     config = book_config(args.book_config, **changes) if args.book_config else TrainConfig(**changes)
     result = train(config, out_dir=args.out, resume=not args.no_resume, progress=not args.no_progress)
     loss = result.history["loss"]

@@ -78,3 +78,20 @@ def test_bad_values_give_clear_errors(tmp_path, capsys):
         main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--T", "10", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", "x.pt", "--sampler", "euler", "--out", "x.png"])
+
+
+def test_optional_fields_take_none_on_the_command_line(tmp_path, capsys):
+    """The help says "0 or None: no clipping": `--grad-clip none` must mean None (it was refused as
+    an invalid float), `--dropout none` the preset's own rate; a number still parses as before."""
+    run = tmp_path / "noclip"
+    assert main(["train", "--book-config", "digits", "--steps", "1", "--grad-clip", "none", "--dropout", "None",
+                 "--out", str(run), "--no-progress"]) == 0
+    config = tr.read_checkpoint(run / "last.pt")["config"]
+    assert config["grad_clip"] is None and config["dropout"] is None
+    args = build_parser().parse_args(["train", "--out", "x", "--grad-clip", "0.5", "--image-size", "16"])
+    assert args.grad_clip == 0.5 and args.image_size == 16
+    with pytest.raises(SystemExit):
+        main(["train", "--grad-clip", "nothing", "--out", str(tmp_path / "y")])
+    assert "invalid float value: 'nothing'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a field that cannot be None takes no "none"
+        main(["train", "--lr", "none", "--out", str(tmp_path / "z")])
