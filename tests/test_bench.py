@@ -121,6 +121,9 @@ def test_strided_bpd_with_stride_one_is_the_exact_bound_and_larger_strides_estim
     bench.strided_bpd(d, recording, x_many, 4, torch.Generator().manual_seed(6))
     assert len(seen) == 18 and all(len(t.unique()) == 1 for t in seen[-10:])  # the first 10 steps: exact
     assert all(len(t.unique()) > 1 for t in seen[:-10])  # every block: the images draw their own steps
+    # and over 64 images every step of each block is drawn, none outside it (blocks from T-1 down)
+    blocks = list(range(10, 40, 4))[::-1]
+    assert [set(t.tolist()) for t in seen[:-10]] == [set(range(b, min(b + 4, 40))) for b in blocks]
     exact_many = d.bpd(net, x_many, noise_generator=torch.Generator().manual_seed(5))["total_bpd"]
     one = bench.strided_bpd(d, net, x_many, 4, torch.Generator().manual_seed(6))
     assert (one.mean() - exact_many.mean()).abs() < 4 * one.std() / 8
