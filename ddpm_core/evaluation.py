@@ -338,7 +338,7 @@ SAMPLERS = {"ddpm": "ancestral sampling (Ho et al. 2020, Algorithm 2), respaced 
 # ---------------------------------------------------------------------- tables
 def _three_digits(x: float) -> str:
     """Three significant digits without an exponent from 1e-4 up ("0.0742", "12.3", "1,615")."""
-    if abs(x) >= 1000:
+    if abs(float(format(x, ".3g"))) >= 1000:  # 999.5 rounds to 1e+03 at three digits
         return f"{x:,.0f}"
     return format(x, ".3g")
 
@@ -706,7 +706,7 @@ def _test_bpd(model, d, dataset: str, n: int, stride: int | None, seed: int) -> 
     return float(per_image.mean()), float(per_image.std() / math.sqrt(n)), method
 
 
-# Claim (e) holds only if the learned variance's FID grows by at most this factor times the fixed one's.
+# Claim (e) holds only if the learned variance's FID grows by a factor below this times the fixed one's.
 FEW_STEP_MARGIN = 0.85
 
 CLAIMS = {
@@ -766,7 +766,7 @@ def claims_table(results: dict) -> _paper.Table:
     and worse samples alone do not show instability; (c) the bits/dim of
     hybrid-learned and of vlb-learned are both below eps-simple's; (d) cosine-simple has lower
     bits/dim and lower FID than eps-simple; (e) hybrid-learned's FID grows by a smaller factor than
-    eps-simple's when going from ``steps`` to ``few_steps`` sampling steps, by a factor at most
+    eps-simple's when going from ``steps`` to ``few_steps`` sampling steps, by a factor below
     ``FEW_STEP_MARGIN`` (0.85) times eps-simple's (the margin chapter 7 uses: a smaller difference
     is within the noise of FIDs from a few hundred samples); (f) the rate grows and
     the RMSE falls from the first to the last step, rate + distortion equals the bound, and more
