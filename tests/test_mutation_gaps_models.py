@@ -5,7 +5,6 @@ written out again here, torch.distributions, scipy) on tiny inputs, and kills a 
 existing tests let through.
 """
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest

@@ -13,30 +13,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ddpm_core import compare, data, evaluation, features, metrics, paper
 from ddpm_core.baselines import _common
+
+from test_evaluation import fake_results as _claims  # every claim (a)-(e) holds; keywords change models
+from test_mutation_gaps_models import _PixelExtractor  # features: 4x4 block means
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------- claims_table
-def _claims(**over):
-    """measure_ablations-like results where every claim (a)-(e) holds; ``over`` changes some models."""
-    res = {name: dict(fid=10.0, kid=0.01, fid_few=None, bpd=3.0, bpd_se=0.1, diverged=False, loss_spikes=0,
-                      final_loss=0.1) for name in evaluation.ABLATIONS}
-    res["eps-simple"].update(fid=5.0, fid_few=20.0, bpd=3.0)
-    res["eps-vlb-fixed"].update(fid=9.0)
-    res["mu-simple"].update(fid=30.0)
-    res["hybrid-learned"].update(fid=6.0, fid_few=7.0, bpd=2.5)
-    res["vlb-learned"].update(bpd=2.4)
-    res["cosine-simple"].update(fid=4.0, bpd=2.9)
-    for name, changes in over.items():
-        res[name].update(changes)
-    return res
-
-
 def test_claims_a_b_d_e_follow_the_rules_at_the_values_that_separate_them():
     """(a) needs FID *below* (a tie does not hold); (b) 'in part' needs mu-simple's FID above both
     mu-vlb-fixed's and eps-simple's; (d) needs cosine-simple's FID below eps-simple's (not another
@@ -170,15 +157,6 @@ def test_rate_distortion_table_puts_the_books_curve_at_the_papers_steps():
         k = round(K * int(cells[0]) / 1000)
         assert cells[3] == f"{k} of {K}"
         assert cells[4] == f"{0.01 * k:.5f}" and cells[5] == f"{100.0 - 3 * (k - 1):.3f}"
-
-
-class _PixelExtractor(features.FeatureExtractor):
-    """Features: the mean of each 4x4 block of the image (4 numbers); logits: the first 3 of them."""
-    name, key, feature_dim, num_classes = "pixel blocks", None, 4, 3
-
-    def _forward(self, batch):
-        f = F.avg_pool2d(batch.float() / 255, 4).flatten(1)
-        return f, f[:, :3] * 5
 
 
 def test_fid_sample_size_curve_measures_the_named_split():

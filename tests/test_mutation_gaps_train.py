@@ -15,13 +15,7 @@ from PIL import Image
 from ddpm_core import data, runtime
 from ddpm_core import train as tr
 
-# The tiny run of test_train.py: the 2-D toy MLP on the ring of Gaussians, T = 50.
-TOY = dict(dataset="ring", preset="toy-mlp", T=50, batch_size=32, lr=1e-3, warmup_steps=3, ema_decay=0.99,
-           steps=12, log_every=4, checkpoint_every=6, seed=3)
-
-
-def toy(**changes) -> tr.TrainConfig:
-    return tr.TrainConfig(**{**TOY, **changes})
+from test_train import toy  # the tiny run of test_train.py: the 2-D toy MLP on the ring, T = 50
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
