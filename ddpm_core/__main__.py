@@ -28,12 +28,16 @@ class _NoneValue:
 NONE = _NoneValue()
 
 
+def _may_be_none(annotation: str) -> bool:
+    """Whether a TrainConfig field's (string) annotation admits None, e.g. ``float | None``."""
+    return "None" in (part.strip() for part in annotation.split("|"))
+
+
 def _field_type(annotation: str):
     """The argparse type of a TrainConfig field from its (string) annotation; a field that may be
-    None (``float | None``) also takes the word ``none``."""
-    parts = [part.strip() for part in annotation.split("|")]
-    base = {"int": int, "float": float, "str": str}.get(parts[0], str)
-    if "None" not in parts:
+    None also takes the word ``none``."""
+    base = {"int": int, "float": float, "str": str}.get(annotation.split("|")[0].strip(), str)
+    if not _may_be_none(annotation):
         return base
 
     def parse(text: str):
@@ -63,7 +67,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r}"
-        help_text += "; the word none gives None)" if "None" in f.type.split("|")[-1] else ")"
+        help_text += "; the word none gives None)" if _may_be_none(f.type) else ")"
         if f.type == "bool":
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

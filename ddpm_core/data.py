@@ -13,7 +13,6 @@ and celebahq (a folder of images; sorted by path, the last 10 % are the test set
 """
 from __future__ import annotations
 
-import numbers
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,8 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import runtime
 
 DATASETS = {
     "digits": "scikit-learn load_digits: 1,797 handwritten digits, 8x8 grey (1,438 train / 359 test)",
@@ -49,11 +50,6 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohisto
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, in the order of :data:`DATASETS`."""
     return list(DATASETS)
-
-
-def _is_int(v) -> bool:
-    """A Python or numpy integer, not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 @dataclass(eq=False, repr=False)
@@ -111,7 +107,7 @@ class Dataset(torch.utils.data.Dataset):
         flips (its device may differ from the data's), so a seeded generator repeats an epoch.
         """
         n = len(self)
-        if not _is_int(batch_size) or batch_size < 1:
+        if not runtime.is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
         batch_size = int(batch_size)
         if drop_last and batch_size > n:
@@ -293,8 +289,6 @@ def _toy(name: str, split: str, n: int | None = None):
 
 
 def _default_root(subdir: str) -> Path:
-    from . import runtime
-
     base = os.environ.get("DDPM_DATA")
     return (Path(base).expanduser() if base else runtime.cache_dir()) / subdir
 
@@ -425,7 +419,7 @@ def load_dataset(name: str, split: str = "train", image_size: int | None = None,
         raise ValueError(f"{name!r} holds 2-D points: flip and image_size apply to images only")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
-    if image_size is not None and (not _is_int(image_size) or image_size < 1):
+    if image_size is not None and (not runtime.is_int(image_size) or image_size < 1):
         raise ValueError(f"image_size must be None (the dataset's own size) or an int >= 1; got {image_size!r}")
     image_size = None if image_size is None else int(image_size)
 

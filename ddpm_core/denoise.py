@@ -47,8 +47,7 @@ def add_noise(x0: torch.Tensor, sigma: float, generator: torch.Generator | None 
 
 def sigma_at_step(d: GaussianDiffusion, t: int) -> float:
     """The noise level of step ``t`` measured on the data's scale: sqrt((1 - alpha_bar_t) / alpha_bar_t)."""
-    if not 0 <= t < d.num_timesteps:
-        raise ValueError(f"t must be a 0-indexed step in 0..{d.num_timesteps - 1}, got {t}")
+    _check_step(d, t)
     ab = float(d.alpha_bar[t])
     return math.sqrt((1.0 - ab) / ab)
 
@@ -71,7 +70,7 @@ def step_for_sigma(d: GaussianDiffusion, sigma: float) -> int:
 def _check_step(d: GaussianDiffusion, t: int) -> None:
     """Reject a step outside ``d``'s 0-indexed steps 0..T-1."""
     if not 0 <= t < d.num_timesteps:
-        raise ValueError(f"t must lie in 0..{d.num_timesteps - 1}, got {t}; step_for_sigma(d, sigma) "
+        raise ValueError(f"t must be a 0-indexed step in 0..{d.num_timesteps - 1}, got {t}; step_for_sigma(d, sigma) "
                          "picks the step of a noise level")
 
 

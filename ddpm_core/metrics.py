@@ -15,13 +15,14 @@ to be full rank); KID is unbiased, which makes it the honest number for small sa
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
+
+from . import runtime
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -241,10 +242,6 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(within - 2.0 * k_xy.sum() / (m * m))
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def kid(features1: ArrayLike, features2: ArrayLike, num_subsets: int = 100, subset_size: int = 1000,
         seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018) between features [N1 x D] and [N2 x D].
@@ -260,9 +257,9 @@ def kid(features1: ArrayLike, features2: ArrayLike, num_subsets: int = 100, subs
     f1, f2 = _as_float64(features1, "features1", 2), _as_float64(features2, "features2", 2)
     if f1.shape[1] != f2.shape[1]:
         raise ValueError(f"feature dimensions differ: {f1.shape[1]} and {f2.shape[1]}")
-    if not _is_int(num_subsets) or num_subsets < 1:
+    if not runtime.is_int(num_subsets) or num_subsets < 1:
         raise ValueError(f"num_subsets must be at least 1; got {num_subsets!r}")
-    if not _is_int(subset_size) or subset_size < 2:
+    if not runtime.is_int(subset_size) or subset_size < 2:
         raise ValueError(f"subset_size must be at least 2 (the unbiased MMD^2 needs two samples per subset); "
                          f"got {subset_size!r}")
     m = min(int(subset_size), f1.shape[0], f2.shape[0])

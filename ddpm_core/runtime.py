@@ -9,6 +9,7 @@ of trained models and statistics (default ``~/.cache/ddpm_core``).
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -40,6 +41,11 @@ def get_device(profile: str | None = None) -> torch.device:
     """The device that the given (or current) profile computes on."""
     profile = profile or get_profile()
     return torch.device("cuda" if profile == "gpu" else "cpu")
+
+
+def is_int(v) -> bool:
+    """A Python or numpy integer, not a bool (``numbers.Integral`` counts ``True`` as 1)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def check_image_range(lo: float, hi: float, limit: float = 1.0) -> None:

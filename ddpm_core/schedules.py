@@ -6,9 +6,10 @@ Every table is float64 (as in the reference code) and indexed by the 0-based ste
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
+
+from . import runtime
 
 SCHEDULES = {
     "linear": "Ho et al. 2020: betas linear from 1e-4 to 0.02 at T = 1000, scaled by 1000 / T",
@@ -26,7 +27,7 @@ def get_betas(name: str, T: int) -> torch.Tensor:
     if isinstance(T, torch.Tensor) and T.ndim == 0 and not T.is_floating_point() and not T.is_complex() \
             and T.dtype != torch.bool:
         T = int(T)
-    if not isinstance(T, numbers.Integral) or isinstance(T, bool) or T < 1:
+    if not runtime.is_int(T) or T < 1:
         raise ValueError(f"T must be a positive integer number of steps, got {T!r}")
     T = int(T)
     if name == "linear":

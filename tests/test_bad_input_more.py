@@ -122,7 +122,7 @@ def test_model_and_diffusion_swapped_are_named():
 def test_denoise_one_step_names_the_step_range():
     d, y = process(), images()
     for t in (25, -1):
-        with pytest.raises(ValueError, match=rf"t must lie in 0..24, got {t}"):
+        with pytest.raises(ValueError, match=rf"t must be a 0-indexed step in 0\.\.24, got {t}"):
             denoise.denoise_one_step(toy_model, d, y, 0.5, t=t)
     assert denoise.denoise_one_step(toy_model, d, y, 0.5, t=24).shape == y.shape
 
