@@ -18,7 +18,8 @@ import torch
 
 PROFILES = {
     "cpu": "small models and offline datasets; each chapter in minutes on two CPU cores",
-    "gpu": "paper-scale models on a CUDA device; CIFAR-10 where it can be downloaded",
+    "gpu": "a CUDA device: chapter 6 trains the paper's CIFAR-10 model (downloads CIFAR-10), chapter 1 "
+           "wider baselines; the other chapters run their small models on the GPU",
 }
 
 
