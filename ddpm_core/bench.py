@@ -853,7 +853,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--compile-presets", default="ddpm-cifar10",
                         help="comma-separated presets with a torch.compile variant on CUDA ('' for none)")
-    parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (minutes)")
+    parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (its first step compiles: seconds to minutes)")
     parser.add_argument("--kinds", default="training,sampling",
                         help="what to time: training, sampling or both (comma-separated)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation costs")

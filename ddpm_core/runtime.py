@@ -1,8 +1,10 @@
 """The one place that decides where the book runs: profile, device and cache directory.
 
 Profiles:
-  ``cpu``  the default; every chapter runs in a few minutes on two CPU cores.
-  ``gpu``  picked when CUDA is available; larger models, paper datasets where they can be downloaded.
+  ``cpu``  the default; small models and offline data, sized for two CPU cores (a chapter's first run
+          trains its models, longest in chapter 1; later runs load them from the cache).
+  ``gpu``  picked when CUDA is available; chapter 6 trains the paper's CIFAR-10 model, chapter 1 wider
+          baselines and its colour study (see ``PROFILES``).
 The environment variable ``DDPM_PROFILE`` overrides the choice; ``DDPM_CACHE`` moves the cache
 of trained models and statistics (default ``~/.cache/ddpm_core``).
 """
@@ -121,15 +123,16 @@ def workers(n_jobs: int) -> int:
 
 def _worker_init(env: dict) -> None:
     os.environ.update(env)
-    torch.set_num_threads(1)  # one core per worker: small models gain nothing from a second thread
+    torch.set_num_threads(1)  # one core per worker: these small models gain little from a second thread
 
 
 def prefetch(fn, jobs: list[tuple], desc: str = "training", progress: bool = True) -> list:
     """Run ``fn(*job)`` for every job in :func:`workers` processes at once, one torch thread each,
     and return what each call returned (or the exception it raised, as a string).
 
-    Meant for filling the model cache with many *small* models (2-D toys, the 8x8-digit ablations),
-    which train as fast on one thread as on two: two at once on two cores halve the wall time. It is
+    Meant for filling the model cache with many small models (2-D toys, the 8x8-digit ablations,
+    chapter 1's image study): two one-thread processes on two cores beat one two-thread process
+    (the smallest models about halve the wall time). It is
     best effort: a job that fails here is simply not cached, and the caller's own in-process call
     trains it again and raises the error with its full traceback. ``fn`` must be importable (a
     module-level function); the workers see the caller's ``DDPM_CACHE`` and profile.

@@ -1048,9 +1048,10 @@ def book_config(name: str, **changes) -> TrainConfig:
 
 
 # The CPU profile's runs. Measured on the project's 2-core machine (Xeon with AVX-512, 2 torch
-# threads, fp32): cpu-mnist (0.28M parameters) takes 0.10-0.13 s per update at batch 32, so
-# "mnist5k" is 2,000 updates, about 4 minutes. Its size came from an exploration at equal CPU time
-# (issue 3): more updates of a narrower network beat fewer updates of a wider one. Runs with these
+# threads, fp32): cpu-mnist (0.28M parameters) takes 0.15-0.18 s per update at batch 32
+# (benchmarks/cpu-2026-12-06*.json), so "mnist5k" is 2,000 updates, about 5 minutes (chapter 6 shows
+# the measured time). Its size came from an exploration at equal CPU time (issue 3, 2026-11, when an
+# update took 0.10-0.13 s; the minutes below are of that time): more updates of a narrower network beat fewer updates of a wider one. Runs with these
 # update counts, trained on a GPU for speed, scored an FID (mnist5k classifier features, 500
 # samples) of 7.5 at 2,500 updates against 12.4 for the 1.6M-parameter network at 700 updates;
 # 16 channels with two blocks reached 5.4 at 3,500 updates, which would take ~8 minutes here.
@@ -1059,7 +1060,7 @@ def book_config(name: str, **changes) -> TrainConfig:
 # T = 1000 with the paper's linear schedule keeps the forward process the paper's; sample it with
 # ~250 respaced steps (sampling.respace), which looks like full 1000-step sampling at a quarter of
 # the cost. Dropout is off: it regularises long runs, and its random masks cost ~23% of a cpu-mnist
-# step on this CPU (100 vs 130 ms at p = 0.1), which a short run needs for updates. The EMA decay of 0.995
+# step on this CPU (100 vs 130 ms at p = 0.1, measured in 2026-11), which a short run needs for updates. The EMA decay of 0.995
 # (half-life ~140 steps, with the warm-up of ema_decay_at) suits runs of a few thousand steps.
 # The learning rate is constant after the warm-up, so the first N updates of a run are a complete
 # N-update run: get_trained continues a shorter cached run of the same configuration.
@@ -1072,7 +1073,8 @@ CPU_PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(dataset="digits", preset="cpu-digits", T=1000, batch_size=64, lr=1e-3,
                           warmup_steps=50, ema_decay=0.995, dropout=0.0, steps=1500, checkpoint_every=500,
                           log_every=50),
-    # 2-D toys with the time-conditioned MLP: ~75 s of one busy core. At 3,000 steps only 36% of the
+    # 2-D toys with the time-conditioned MLP: about a minute (chapter 4 shows the measured time of
+    # toy-swissroll). At 3,000 steps only 36% of the
     # ring's samples lie within 0.1 of one of its 8 centres; at 6,000, 87% (the data: 86%).
     "toy-ring": TrainConfig(dataset="ring", preset="toy-mlp", T=1000, batch_size=512, lr=1e-3, warmup_steps=100,
                             ema_decay=0.995, steps=6000, checkpoint_every=1000, log_every=100),
@@ -1089,8 +1091,9 @@ GPU_PRESETS: dict[str, TrainConfig] = {
     # Chapter 1's colour study (GPU profile): the cpu-crops U-Net (2.2M parameters) on 32x32 colour
     # crops of photographs, T = 1000 with the paper's schedule; 1,000 updates of 64 crops (~16 passes
     # over the 3,950 training crops), each captured as a CUDA graph. The GAN, VAE and flow of the
-    # study train with the same updates and batches (compare.image_study). 3,000 updates of all twelve
-    # models took over 6 minutes of an H100 (the flow's ~900 small kernels per update dominate).
+    # study train with the same updates and batches (compare.image_study). On an H100 (2026-11-27) the
+    # twelve models trained in 237 s, 132 s of it the flow's (~900 small kernels per update);
+    # see benchmarks/colour_study.py.
     "photo-crops": TrainConfig(dataset="photo-crops", preset="cpu-crops", T=1000, batch_size=64, lr=5e-4,
                                warmup_steps=100, ema_decay=0.995, dropout=0.0, steps=1000, checkpoint_every=1000,
                                log_every=100, cuda_graph=True),
