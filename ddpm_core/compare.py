@@ -260,6 +260,10 @@ IMAGE_STEPS = 1000
 # instead of the ~50 s that full chains of the 6 models cost.
 # 100 steps are not enough: one grid seed then covered only 23 of the 25 modes.
 TOY_SAMPLE_STEPS = 250
+# The image study reports the GAN's losses as means over its last GAN_LOSS_WINDOW updates, and the
+# VAE's bits/dim as the importance-weighted bound with IW_SAMPLES samples.
+GAN_LOSS_WINDOW = 100
+IW_SAMPLES = 64
 
 
 def image_config(steps: int = IMAGE_STEPS):
@@ -486,7 +490,7 @@ def sample_baseline(model: baselines.Baseline, n: int, seed: int = 0, batch_size
 
 
 def baseline_bits_per_dim(model: baselines.Baseline, x: torch.Tensor, seed: int = 0,
-                          iw_samples: int = 64) -> dict[str, Any]:
+                          iw_samples: int = IW_SAMPLES) -> dict[str, Any]:
     """Bits/dim of 8-bit test images under a baseline, as comparable as the families allow.
 
     VAE: the importance-weighted bound L_k with ``k = iw_samples`` (Burda et al. 2016), an upper
@@ -674,7 +678,7 @@ def image_study(config, seeds: Sequence[int] = IMAGE_SEEDS, extractor: str | Non
     train_seconds = {fam: [float(m.history["wall_time"]) for m in ms] for fam, ms in runs.items()}
     train_seconds["ddpm"] = [float(r.history["wall_time"]) for r in ddpms]
     gan = runs.get("gan", [])
-    gan_losses = {k: float(np.mean([m.history[k][-100:] for m in gan])) for k in ("loss_d", "loss_g")} if gan else {}
+    gan_losses = {k: float(np.mean([m.history[k][-GAN_LOSS_WINDOW:] for m in gan])) for k in ("loss_d", "loss_g")} if gan else {}
     return ImageStudy(dataset=config.dataset, config=asdict(config), seeds=list(seeds), extractor=ext.name,
                       n_eval=n_eval, sample_steps=sample_steps, n_bpd=n_bpd, evals=evals, refs=refs, bpd=bpd,
                       train_seconds=train_seconds, sample_seconds=sample_seconds, gan_losses=gan_losses,

@@ -185,11 +185,18 @@ class GaussianDiffusion:
         return (mean - self._extract("posterior_mean_coef2", t, x_t) * x_t) / self._extract("posterior_mean_coef1", t, x_t)
 
     # ------------------------------------------------------------------ reverse process
+    def original_step(self, t):
+        """The step of the process the model was trained on that step ``t`` of this one stands for
+        (itself unless respaced); ``t`` an int or a tensor of steps, returned as the same kind."""
+        if self.timestep_map is None:
+            return t
+        if isinstance(t, torch.Tensor):
+            return self.timestep_map.to(t.device)[t]
+        return int(self.timestep_map[t])
+
     def model_call(self, model: Callable, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Call ``model(x_t, t)`` with the step indices it was trained on (original ones when respaced)."""
-        if self.timestep_map is not None:
-            t = self.timestep_map.to(t.device)[t]
-        return model(x_t, t)
+        return model(x_t, self.original_step(t))
 
     def split_model_output(self, model_out: torch.Tensor, x_t: torch.Tensor):
         """Check the model output's shape and split it into (mean part, variance part or None)."""

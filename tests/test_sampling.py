@@ -66,6 +66,10 @@ def test_respaced_process_keeps_the_marginals_and_maps_steps():
     seen = []
     r.model_call(lambda x, t: seen.append(t.clone()) or x, torch.zeros(2, 1), torch.tensor([0, 24]))
     assert seen[0].tolist() == [0, 999]
+    # original_step: the same map for one step (an int) and for a tensor; the identity unrespaced
+    assert r.original_step(24) == 999 and isinstance(r.original_step(24), int) and r.original_step(1) == int(keep[1])
+    assert torch.equal(r.original_step(torch.tensor([0, 1, 24])), keep[[0, 1, 24]])
+    assert d.original_step(7) == 7 and torch.equal(d.original_step(torch.tensor([3, 5])), torch.tensor([3, 5]))
     rr = sampling.respace(r, 5)  # respacing twice maps to the original steps
     assert torch.equal(rr.timestep_map, keep[torch.tensor(sampling.space_timesteps(25, 5))])
 
