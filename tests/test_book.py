@@ -290,6 +290,10 @@ def test_book_builds_and_every_page_renders(built_html, browser):
               text: art.innerText.length,
               colab: [...document.querySelectorAll('a')].map(a => a.href).filter(h => h.includes('colab.research')),
               unresolved: [...art.querySelectorAll('.problematic, .xref.missing')].length,
+              // glued values read as part of their sentence, in its weight (myst-nb's own CSS bolds them)
+              boldGlue: [...art.querySelectorAll('span.pasted-text')].filter(s => s.parentElement &&
+                  getComputedStyle(s).fontWeight !== getComputedStyle(s.parentElement).fontWeight)
+                  .map(s => s.textContent.slice(0, 30)),
             };""")
         name = source.name
         if not info["h1"].strip():
@@ -306,6 +310,8 @@ def test_book_builds_and_every_page_renders(built_html, browser):
             problems.append(f"{name}: {info['tracebacks']} error outputs")
         if info["unresolved"]:
             problems.append(f"{name}: {info['unresolved']} unresolved references")
+        if info["boldGlue"]:
+            problems.append(f"{name}: glued values set in another weight than their sentence: {info['boldGlue'][:4]}")
         if info["stderr"]:  # warnings a reader should not have to read
             problems.append(f"{name}: stderr output {info['stderr']}")
         wide = browser.execute_async_script("""
