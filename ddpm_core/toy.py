@@ -145,6 +145,31 @@ def linear_fit(y: torch.Tensor, x: torch.Tensor) -> dict:
             "residual_var_se": residual_var * math.sqrt(2 / m)}
 
 
+def stack_fits(fits: Sequence[dict]) -> dict:
+    """Stack several ``linear_fit`` results key by key: S dicts of [D] tensors -> one dict of [S, D]."""
+    if len(fits) == 0:
+        raise ValueError("stack_fits needs at least one linear_fit result, got none")
+    return {key: torch.stack([f[key] for f in fits]) for key in fits[0]}
+
+
+def max_z(fits: dict, truth: dict) -> dict:
+    """The largest deviation of fitted values from their predictions, in standard errors.
+
+    :param fits: a ``linear_fit`` result, or several stacked by ``stack_fits``: tensors under each
+        key of ``truth`` and under ``key + "_se"``.
+    :param truth: ``{key: predicted value}``, each broadcastable to ``fits[key]`` (e.g. [S, 1]
+        against [S, D]).
+    :return: ``{key: max |fits[key] - truth[key]| / fits[key + "_se"]}`` as floats, so that a
+        check can say "within k standard errors" for every step and coordinate at once.
+    """
+    missing = [k for k in truth if k not in fits or k + "_se" not in fits]
+    if missing:
+        raise KeyError(f"max_z needs fits[key] and fits[key + '_se'] for every key of truth; missing {missing}")
+    return {key: float(((fits[key] - torch.as_tensor(value, dtype=fits[key].dtype))
+                        / fits[key + "_se"]).abs().max())
+            for key, value in truth.items()}
+
+
 # ---------------------------------------------------------------------- the true reverse step (1-D)
 
 
@@ -369,6 +394,21 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> 
     xx = torch.cdist(x, x).sum() / (n * (n - 1) if unbiased else n * n)
     yy = torch.cdist(y, y).sum() / (m * (m - 1) if unbiased else m * m)
     return float(2 * xy - xx - yy)
+
+
+def normal_energy_null(ref: torch.Tensor, n_pairs: int, seed: int = 0) -> list[float]:
+    """Energy distances between ``ref`` [N, D] and ``n_pairs`` fresh standard-normal samples of its
+    shape; sample ``k`` is drawn with the seed ``seed + k``.
+
+    When ``ref`` is itself a sample of N(0, I), they show how far apart two samples of one
+    distribution come out by chance: a cloud whose distance to ``ref`` lies in their range cannot
+    be told apart from N(0, I) with this many points.
+    """
+    if n_pairs < 1:
+        raise ValueError(f"normal_energy_null needs n_pairs >= 1, got {n_pairs}")
+    return [energy_distance(torch.randn(tuple(ref.shape), generator=torch.Generator().manual_seed(seed + k)),
+                            ref)
+            for k in range(n_pairs)]
 
 
 def nearest_distance(points: torch.Tensor, data: torch.Tensor, chunk: int = 2048) -> torch.Tensor:

@@ -96,6 +96,25 @@ def test_empirical_posterior_recovers_the_closed_form_posterior():
     assert torch.allclose(mean[0].double(), fit["slope"] * traj[1][0].double() + fit["intercept"], atol=0.02)
 
 
+def test_stacked_fits_give_the_largest_deviation_in_standard_errors():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(5000, 2, generator=g)
+    fits = [toy.linear_fit(a * x + 0.3 * torch.randn(x.shape, generator=g), x) for a in (0.5, 2.0)]
+    stacked = toy.stack_fits(fits)
+    assert set(stacked) == set(fits[0]) and stacked["slope"].shape == (2, 2)
+    assert torch.equal(stacked["slope"][1], fits[1]["slope"])
+    truth = {"slope": torch.tensor([[0.5], [2.0]]), "residual_var": 0.09}  # [S, 1] and a scalar broadcast
+    z = toy.max_z(stacked, truth)
+    want = max(float(((f["slope"] - a) / f["slope_se"]).abs().max()) for f, a in zip(fits, (0.5, 2.0)))
+    assert z["slope"] == pytest.approx(want) and 0 < z["slope"] < 5 and z["residual_var"] < 5
+    # a wrong prediction is many standard errors off
+    assert toy.max_z(stacked, {"slope": torch.tensor([[0.55], [2.0]])})["slope"] > 8
+    with pytest.raises(KeyError, match="missing"):
+        toy.max_z(stacked, {"slope_se": 1.0})
+    with pytest.raises(ValueError, match="at least one"):
+        toy.stack_fits([])
+
+
 # ---------------------------------------------------------------------- reverse step, 1-D
 def test_reverse_step_of_gaussian_data_is_exactly_the_gaussian_posterior():
     d = process(100)
@@ -204,6 +223,18 @@ def test_energy_distance_separates_distributions():
     assert 0 < plug_in < 0.02 and plug_in > toy.energy_distance(a, b)
     assert torch.allclose(toy.nearest_distance(torch.zeros(1, 2), torch.tensor([[3.0, 4.0], [1.0, 0.0]])),
                           torch.tensor([1.0], dtype=torch.float64))
+
+
+def test_normal_energy_null_is_the_spread_of_two_normal_samples():
+    ref = torch.randn(500, 2, generator=torch.Generator().manual_seed(7))
+    null = toy.normal_energy_null(ref, n_pairs=5, seed=100)
+    assert len(null) == 5 and max(abs(v) for v in null) < 0.02
+    first = torch.randn(500, 2, generator=torch.Generator().manual_seed(100))  # sample k: seed + k
+    assert null[0] == toy.energy_distance(first, ref)
+    assert toy.normal_energy_null(ref, n_pairs=5, seed=100) == null  # seeded
+    assert toy.energy_distance(ref + 0.5, torch.randn(500, 2)) > 5 * max(null)
+    with pytest.raises(ValueError, match="n_pairs"):
+        toy.normal_energy_null(ref, n_pairs=0)
 
 
 def test_animate_points_makes_jshtml():
