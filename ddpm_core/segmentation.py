@@ -373,9 +373,9 @@ def unet_parameter_table(net: nn.Module) -> list[dict[str, Any]]:
 
     side0 = net.config["image_size"]
     sides = [side0 // 2 ** i for i in range(len(net.down))]
-    rows = [dict(stage="time embedding", resolution=None, component="sinusoid -> MLP", modules=1,
+    rows = [dict(stage="time embedding", resolution=None, component="sinusoid → MLP", modules=1,
                  parameters=n_params([net.time_mlp])),
-            dict(stage="input", resolution=side0, component="3x3 conv", modules=1, parameters=n_params([net.conv_in]))]
+            dict(stage="input", resolution=side0, component="3×3 conv", modules=1, parameters=n_params([net.conv_in]))]
     for level, side in zip(net.down, sides):
         rows += blocks(level, "down", side)
     mid = [net.mid_block1, net.mid_block2]
@@ -383,7 +383,7 @@ def unet_parameter_table(net: nn.Module) -> list[dict[str, Any]]:
              dict(stage="middle", resolution=sides[-1], component="attention", modules=1, parameters=n_params([net.mid_attn]))]
     for level, side in zip(net.up, reversed(sides)):
         rows += blocks(level, "up", side)
-    rows.append(dict(stage="output", resolution=side0, component="GroupNorm, SiLU, 3x3 conv", modules=1,
+    rows.append(dict(stage="output", resolution=side0, component="GroupNorm, SiLU, 3×3 conv", modules=1,
                      parameters=n_params([net.norm_out, net.conv_out])))
     total = sum(r["parameters"] for r in rows)
     expected = sum(p.numel() for p in net.parameters())

@@ -135,6 +135,9 @@ def test_parameter_table_covers_every_parameter_and_trace_follows_the_u():
     net = unet.UNet.from_preset("cpu-mnist")
     rows = seg.unet_parameter_table(net)
     assert sum(r["parameters"] for r in rows) == unet.count_parameters(net)
+    # labels as the book prints them: the typographic signs, not ASCII stand-ins
+    assert [r["component"] for r in rows[:2]] == ["sinusoid → MLP", "3×3 conv"]
+    assert rows[-1]["component"] == "GroupNorm, SiLU, 3×3 conv" and rows[0]["resolution"] is None
     assert {(r["stage"], r["resolution"]) for r in rows if r["component"] == "attention"} == {
         ("down", 7), ("middle", 7), ("up", 7)}
     trace = seg.trace_shapes(net, torch.randn(1, 1, 28, 28), torch.tensor([10]))
