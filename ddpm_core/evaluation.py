@@ -7,8 +7,10 @@ the chapter that trains and discusses them (chapter 7) and the chapter that tabu
 """
 from __future__ import annotations
 
+import html
 import math
 import numbers
+import re
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -276,18 +278,23 @@ def rate_distortion(model: Callable, diffusion: GaussianDiffusion, x0, n: int | 
 def rate_distortion_table(rd: dict) -> _paper.Table:
     """Ho et al.'s Table 4 beside the book's curve at the same reverse steps.
 
-    For a curve with K != T steps the book's column shows the step at the same fraction of the
-    chain (k = round(K * step / 1000)), named in the first column.
+    For a curve with K != 1000 steps the book's column shows the step at the same fraction of the
+    chain (k = round(K * step / 1000)), named in its own column ("k of K"); with K = 1000 the book's
+    steps are the paper's, and one column of steps serves both.
     """
     K = len(rd["reverse_step"])
     rows = _paper.table("ho2020_table4")
+    steps = [max(1, min(K, round(K * int(r["reverse_step"]) / 1000))) for r in rows]
+    same_steps = all(k == int(r["reverse_step"]) for k, r in zip(steps, rows))
     header = ["reverse steps sent (paper)", "paper rate (bits/dim)", "paper RMSE", "book: steps sent",
               "book rate (bits/dim)", "book RMSE"]
     body = []
-    for r in rows:
-        k = max(1, min(K, round(K * int(r["reverse_step"]) / 1000)))
+    for r, k in zip(rows, steps):
         body.append([str(r["reverse_step"]), str(r["rate_bpd"]), str(r["rmse"]), f"{k} of {K}",
                      f"{float(rd['rate_bpd'][k - 1]):.5f}", f"{float(rd['rmse'][k - 1]):.3f}"])
+    if same_steps:  # "900 of 1000" would repeat the first column
+        header = [f"reverse steps sent (of {K})"] + header[1:3] + header[4:]
+        body = [cells[:3] + cells[4:] for cells in body]
     caption = (f"Progressive lossy compression. Paper: {_paper.cite('ho2020_table4')}, CIFAR-10 test set, T = 1000. "
                f"Book: {rd['n']} test images, {rd['method']}. RMSE on the 0..255 scale. "
                + _paper.mark_legend(r["mark"] for r in _paper.table("ho2020_table4")))
@@ -344,11 +351,15 @@ def _three_digits(x: float) -> str:
 
 
 def _pm(mean: float | None, std: float | None, fmt: str) -> str:
-    """``mean ± std`` in ``fmt`` (a format spec, or "3 digits" for :func:`_three_digits`)."""
+    """``mean ± std``: the mean in ``fmt`` (a format spec, or "3 digits" for :func:`_three_digits`),
+    the std with as many decimals as the mean shows ("1,615 ± 2", "0.0742 ± 0.0031")."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    show = _three_digits if fmt == "3 digits" else (lambda v: format(v, fmt))
-    return show(mean) if std is None or math.isnan(std) else f"{show(mean)} ± {show(std)}"
+    text = _three_digits(mean) if fmt == "3 digits" else format(mean, fmt)
+    if std is None or math.isnan(std):
+        return text
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return f"{text} ± {std:,.{decimals}f}"
 
 
 # ---------------------------------------------------------------------- sample quality
@@ -398,7 +409,7 @@ class EvalResult:
         """This result as the cells of :attr:`HEADER`."""
         made = self.sampler if self.steps is None else f"{self.sampler}, {self.steps} steps"
         bpd = "" if self.bpd is None else _pm(self.bpd, self.bpd_se, ".3f") + f" ({self.bpd_examples} images)"
-        return [self.label, made, f"{self.n_samples:,}", f"{self.fid:.2f}", _pm(self.is_mean, self.is_std, ".2f"),
+        return [self.label, made, f"{self.n_samples:,}", f"{self.fid:,.2f}", _pm(self.is_mean, self.is_std, ".2f"),
                 _pm(self.kid_mean, self.kid_std, "3 digits"), bpd, self.extractor, self.profile,
                 f"{sum(self.seconds.values()):.1f}"]
 
@@ -413,19 +424,41 @@ class EvalResult:
 
 # Columns that the default caption states once when every row has the same value.
 SHARED_COLUMNS = ("feature extractor", "profile")
+# Shorter headers under the default caption, which says what FID and KID are measured against.
+_SHORT_HEADER = {"FID (vs train)": "FID", "KID (vs train)": "KID"}
+_NBSP = "\u00a0"
+
+
+def _compact_cells(header: list[str], rows: list[list[str]], results: list[EvalResult]) -> tuple[list, list, int | None]:
+    """The table's cells for the book's narrow page: short FID/KID headers, "mean ± std" kept on one
+    line (non-breaking spaces), and the bits/dim cells without "(N images)" when every bound used
+    the same N (returned, for the caption to state once; None otherwise)."""
+    counts = {r.bpd_examples for r in results if r.bpd is not None}
+    shared_n = counts.pop() if len(counts) == 1 else None
+    j_bpd = header.index("bits/dim (test)") if "bits/dim (test)" in header else None
+    out = []
+    for cells in rows:
+        cells = list(cells)
+        if shared_n is not None and j_bpd is not None:
+            cells[j_bpd] = cells[j_bpd].removesuffix(f" ({shared_n} images)")
+        out.append([c.replace(" ± ", f"{_NBSP}±{_NBSP}") for c in cells])
+    return [_SHORT_HEADER.get(h, h) for h in header], out, shared_n
 
 
 def results_table(results: list[EvalResult], caption: str | None = None) -> _paper.Table:
     """One row per :class:`EvalResult`; the caption names the dataset, the reference set and how
     FID/IS/KID were computed, so the numbers cannot be read without their extractor and sample count.
     With the default caption, the feature-extractor and profile columns are left out when every row
-    has the same value (the caption states it); a given ``caption`` keeps every column."""
+    has the same value (the caption states it), FID and KID get short headers, "mean ± std" stays on
+    one line and a bits/dim image count shared by every row moves to the caption; a given
+    ``caption`` keeps every column and cell as :meth:`EvalResult.row` writes it."""
     if not results:
         raise ValueError("results_table needs at least one EvalResult")
     r0 = results[0]
     header, rows = list(EvalResult.HEADER), [r.row() for r in results]
     if caption is None:
         header, rows, shared = _paper.drop_shared_columns(header, rows, SHARED_COLUMNS)
+        header, rows, bpd_n = _compact_cells(header, rows, results)
         bpd = next((r for r in results if r.bpd_method), None)
         if "feature extractor" not in shared:
             features = "see the column"
@@ -437,7 +470,7 @@ def results_table(results: list[EvalResult], caption: str | None = None) -> _pap
         caption = (f"Dataset {r0.dataset}; FID and KID against its {r0.n_reference:,} training images; IS over "
                    f"{r0.is_splits} splits; features: {features}"
                    + (f"; profile {r0.profile}." if "profile" in shared else ".")
-                   + (f" Bits/dim: {bpd.bpd_method}." if bpd else "")
+                   + (f" Bits/dim{f' on {bpd_n} test images' if bpd_n else ''}: {bpd.bpd_method}." if bpd else "")
                    + " ±: the standard deviation of IS over its splits and of KID over its random subsets"
                    + (", the standard error of bits/dim over the test images" if bpd else "")
                    + "; seconds: the whole evaluation (sampling, features, scores"
@@ -706,7 +739,8 @@ def _test_bpd(model, d, dataset: str, n: int, stride: int | None, seed: int) -> 
     return float(per_image.mean()), float(per_image.std() / math.sqrt(n)), method
 
 
-# Claim (e) holds only if the learned variance's FID grows by a factor below this times the fixed one's.
+# Claim (e) holds only if the learned variance's FID ratio (few steps / full steps) is below this
+# times the fixed variance's ratio.
 FEW_STEP_MARGIN = 0.85
 
 CLAIMS = {
@@ -718,15 +752,15 @@ CLAIMS = {
     "f": "the NLL splits into rate and distortion; most of the rate goes to the last, imperceptible steps",
 }
 
-# each claim's decision rule in a sentence, for the table's caption (the docstring of claims_table
+# each claim's decision rule in a sentence, listed under the table (the docstring of claims_table
 # gives them in full; they were fixed before any number was measured)
 CLAIM_RULES = {
     "a": "eps-simple's FID is below eps-vlb-fixed's",
     "b": "mu-simple diverges (in part: it trains, but its FID is above mu-vlb-fixed's and eps-simple's)",
     "c": "hybrid-learned's and vlb-learned's bits/dim are both below eps-simple's",
     "d": "cosine-simple's bits/dim and FID are both below eps-simple's",
-    "e": (f"hybrid-learned's FID grows by a factor below {FEW_STEP_MARGIN} times eps-simple's (a smaller "
-          "difference is within the noise of FIDs from a few hundred samples)"),
+    "e": (f"hybrid-learned's FID ratio (few steps / full steps) is below {FEW_STEP_MARGIN} × eps-simple's "
+          "ratio (a smaller difference is within the noise of FIDs from a few hundred samples)"),
     "f": ("rate plus distortion equals the bound, the rate grows and the RMSE falls over the steps, and "
           "more than half of the rate comes in the last tenth of the steps"),
 }
@@ -743,6 +777,20 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
 PARTLY = "partly"  # a verdict of claims_table: the claim's measurable consequence holds, its letter not
 
 
+def _rules(fmt: str) -> str:
+    """:data:`CLAIM_RULES` as a list under the claims table, ``fmt`` "md" or "html"; run names
+    (``eps-simple``, ...) in code font."""
+    names = re.compile("|".join(sorted(map(re.escape, ABLATIONS), key=len, reverse=True)))
+    lead = "A claim holds here if (rules fixed before any number was measured):"
+    if fmt == "md":
+        items = [f"- ({k}) " + names.sub(lambda m: f"`{m.group(0)}`", _paper.notation(rule))
+                 for k, rule in CLAIM_RULES.items()]
+        return "\n".join([lead, ""] + items)
+    items = [f"<li>({k}) " + names.sub(lambda m: f"<code>{m.group(0)}</code>", html.escape(_paper.notation(rule)))
+             + "</li>" for k, rule in CLAIM_RULES.items()]
+    return f"<p>{lead}</p>\n<ul>\n" + "\n".join(items) + "\n</ul>"
+
+
 def _verdict(ok: bool | str | None) -> str:
     if ok == PARTLY:
         return "in part"
@@ -756,19 +804,18 @@ def claims_table(results: dict) -> _paper.Table:
     :param results: the dict of :func:`measure_ablations` (keys are the names of
         :func:`ablation_configs`), optionally with ``"rate_distortion"``: the dict of
         :func:`rate_distortion` (claim f). A claim whose models are missing is listed as not measured.
-    :return: a ``paper.Table`` with columns claim, paper, this book, holds here. Its attribute
-        ``verdicts`` maps each claim letter to True/False/None (not measured) or :data:`PARTLY`,
-        and ``rows`` holds the cells.
+    :return: a ``paper.Table`` with columns claim, paper, this book, holds here, followed by the
+        list of rules (:data:`CLAIM_RULES`). Its attribute ``verdicts`` maps each claim letter to
+        True/False/None (not measured) or :data:`PARTLY`, and ``rows`` holds the cells.
 
     Decision rules, fixed before measuring: (a) FID(eps-simple) < FID(eps-vlb-fixed); (b) holds if
     mu-simple diverged, and holds in part (verdict :data:`PARTLY`, shown "in part") if it trained
     but its FID is worse than both mu-vlb-fixed's and eps-simple's: Ho et al. call it unstable,
     and worse samples alone do not show instability; (c) the bits/dim of
     hybrid-learned and of vlb-learned are both below eps-simple's; (d) cosine-simple has lower
-    bits/dim and lower FID than eps-simple; (e) hybrid-learned's FID grows by a smaller factor than
-    eps-simple's when going from ``steps`` to ``few_steps`` sampling steps, by a factor below
-    ``FEW_STEP_MARGIN`` (0.85) times eps-simple's (the margin chapter 7 uses: a smaller difference
-    is within the noise of FIDs from a few hundred samples); (f) the rate grows and
+    bits/dim and lower FID than eps-simple; (e) hybrid-learned's FID ratio FID(``few_steps``) /
+    FID(``steps``) is below ``FEW_STEP_MARGIN`` (0.85) times eps-simple's ratio (the margin chapter
+    7 uses: a smaller difference is within the noise of FIDs from a few hundred samples); (f) the rate grows and
     the RMSE falls from the first to the last step, rate + distortion equals the bound, and more
     than half of the rate is spent in the last tenth of the steps (as in Ho et al. Table 4).
     """
@@ -834,7 +881,8 @@ def claims_table(results: dict) -> _paper.Table:
         ratio_s, ratio_h = fs_few / max(fa, 1e-12), fh_few / max(fh, 1e-12)
         verdicts["e"] = ratio_h < FEW_STEP_MARGIN * ratio_s
         book_e = (f"FID {s.get('steps')} -> {s.get('few_steps')} steps: {_f(fa)} -> {_f(fs_few)} (×{ratio_s:.2f}, "
-                  f"eps-simple) vs {_f(fh)} -> {_f(fh_few)} (×{ratio_h:.2f}, hybrid-learned)")
+                  f"eps-simple) vs {_f(fh)} -> {_f(fh_few)} (×{ratio_h:.2f}, hybrid-learned); "
+                  f"ratio of the two {ratio_h / ratio_s:.2f}")
     rows.append(["(e) " + CLAIMS["e"],
                  "shown as a figure (FID against sampling steps): learned-variance models stay near their "
                  "full-step FID at about 100 steps, fixed-variance L_simple models degrade; Nichol & Dhariwal",
@@ -865,9 +913,10 @@ def claims_table(results: dict) -> _paper.Table:
                + (f" (8×8 digits, {s.get('n_samples')} samples with {s.get('steps')} respaced ancestral steps, "
                   f"features: {s.get('extractor')}; bits/dim on {s.get('bpd_examples')} test images, "
                   f"{s.get('bpd_method')}; profile {s.get('profile')})" if s else "")
-               + ". Different datasets, extractors and model sizes: compare directions, not values. A claim holds here if "
-               + "; ".join(f"({k}) {rule}" for k, rule in CLAIM_RULES.items()) + ".")
-    table = _paper.html_table(["claim", "paper", "this book", "holds here"], body, caption)
+               + ". Different datasets, extractors and model sizes: compare directions, not values. "
+               + "The rule behind each verdict is listed below the table.")
+    grid = _paper.html_table(["claim", "paper", "this book", "holds here"], body, caption)
+    table = _paper.Table(str(grid) + "\n\n" + _rules("md"), grid.html + "\n" + _rules("html"))
     table.verdicts = verdicts
     table.rows = body
     return table

@@ -101,6 +101,21 @@ def test_rate_grows_and_distortion_falls_as_more_reverse_steps_are_sent(digits16
     assert "1.77581" in table and "100 of 100" in table and "Marks: P, read in the paper." in table
 
 
+def test_rate_distortion_table_has_one_steps_column_when_the_book_sends_the_papers_steps():
+    """With K = 1000 reverse steps (the paper's T) "900 of 1000" would repeat the paper's step: one
+    column of steps, and the book's rate and RMSE after exactly that many steps."""
+    K = 1000
+    rate = torch.linspace(0.001, 1.0, K, dtype=torch.float64)
+    rd = {"reverse_step": torch.arange(1, K + 1), "rate_bpd": rate, "rmse": torch.linspace(90.0, 0.5, K).double(),
+          "rate_final": 1.0, "distortion_bpd": 0.4, "total_bpd": 1.4, "method": "exact", "n": 4}
+    table = evaluation.rate_distortion_table(rd)
+    lines = str(table).splitlines()
+    assert lines[0].startswith("| reverse steps sent (of 1000) | paper rate") and "book: steps sent" not in table
+    row900 = next(line for line in lines if line.startswith("| 900 |"))
+    assert row900.rstrip(" |").endswith(f"{float(rate[899]):.5f} | {float(rd['rmse'][899]):.3f}")
+    assert " of 1000" not in table.html.split("</thead>")[1]
+
+
 def test_fid_and_kid_of_real_test_images_are_far_below_noise(extractor):
     test = evaluation.evaluate_reference("digits", "test", n=200, extractor=extractor)
     noise = evaluation.evaluate_reference("digits", "noise", n=200, extractor=extractor)
@@ -147,10 +162,19 @@ def test_evaluate_table_names_the_extractor_the_sample_count_and_the_profile(ext
     assert "the papers' network" in paper_net and "not Inception" not in paper_net
     given = evaluation.results_table([r, real], caption="my caption")  # a given caption keeps every column
     assert "feature extractor" in given and "| profile |" in given
-    # KID in plain digits, large (noise) or small: no "1.62e+03" in a table whose prose says 1615
+    # KID in plain digits, large (noise) or small: no "1.62e+03" in a table whose prose says 1,615;
+    # the std with as many decimals as the mean
     kid = evaluation.EvalResult.HEADER.index("KID (vs train)")
-    assert replace(real, kid_mean=1615.2, kid_std=1.99).row()[kid] == "1,615 ± 1.99"
-    assert replace(real, kid_mean=0.07421, kid_std=0.00311).row()[kid] == "0.0742 ± 0.00311"
+    assert replace(real, kid_mean=1615.2, kid_std=1.99).row()[kid] == "1,615 ± 2"
+    assert replace(real, kid_mean=0.07421, kid_std=0.00311).row()[kid] == "0.0742 ± 0.0031"
+    assert replace(real, fid=1207.744).row()[evaluation.EvalResult.HEADER.index("FID (vs train)")] == "1,207.74"
+    # the book's table: short FID/KID headers, "mean ± std" on one line, one bits/dim image count in
+    # the caption instead of every cell
+    html = both._repr_html_()
+    assert "<th>FID</th>" in html and "<th>KID</th>" in html and "(vs train)" not in html
+    assert "\u00a0±\u00a0" in html and " ± " not in html.split("</caption>")[1]
+    assert "(8 images)" not in html and "Bits/dim on 8 test images: strided over K = 5" in html
+    assert "(8 images)" in given and "FID (vs train)" in given  # a given caption keeps the cells as they are
 
 
 def test_sample_images_runs_both_samplers_and_checks_its_arguments():
@@ -208,9 +232,15 @@ def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
     assert table.verdicts == {"a": True, "b": evaluation.PARTLY, "c": True, "d": True, "e": True, "f": False}
     assert table.rows[1][-1] == "in part" and "<td>in part</td>" in table.html
     assert "3.17" in table and "13.51" in table and "5.00" in table  # paper and book numbers side by side
-    # the caption states every claim's rule, with (e)'s margin
+    # (e)'s cell ends with the ratio of the two FID ratios that its rule compares with the margin:
+    # hybrid 6 -> 7 (x1.17) against eps-simple 5 -> 20 (x4.00)
+    assert table.rows[4][2].endswith(f"ratio of the two {(7 / 6) / 4:.2f}")
+    # the caption states the setting; every claim's rule, with (e)'s margin, is listed under the table
     caption = table.html.split("<caption>")[1].split("</caption>")[0]
-    assert all(f"({c}) " in caption for c in "abcdef") and f"below {evaluation.FEW_STEP_MARGIN} times" in caption
+    assert "8×8 digits, 100 samples with 50 respaced" in caption and "(e) " not in caption
+    rules = table.html.split("</table>")[1]
+    assert all(f"<li>({c}) " in rules for c in "abcdef") and f"below {evaluation.FEW_STEP_MARGIN} × " in rules
+    assert "<code>hybrid-learned</code>" in rules and "- (e) `hybrid-learned`'s FID ratio" in table
     flipped = evaluation.claims_table(fake_results(**{"eps-vlb-fixed": dict(fid=4.0), "vlb-learned": dict(bpd=3.5),
                                                       "hybrid-learned": dict(fid_few=60.0)}))
     assert flipped.verdicts["a"] is False and flipped.verdicts["c"] is False and flipped.verdicts["e"] is False

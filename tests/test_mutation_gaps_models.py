@@ -184,7 +184,7 @@ def test_results_row_puts_each_number_in_its_own_column():
     row = dict(zip(evaluation.EvalResult.HEADER, _result(fid=12.345, is_mean=3.21, is_std=0.12).row()))
     assert row["FID (vs train)"] == "12.35"
     assert row["IS"] == "3.21 ± 0.12"
-    assert row["KID (vs train)"] == "0.0742 ± 0.00311"
+    assert row["KID (vs train)"] == "0.0742 ± 0.0031"  # the std with the mean's decimals
     assert row["samples"] == "10"
 
 
