@@ -1,6 +1,7 @@
 """How fast ddpm_core trains and samples, side by side with diffusers' ``UNet2DModel``.
 
-Readers train inline, so speed decides what the book can show. On a shared machine an absolute
+The book trains its models when it is built (and again for a reader without the cache of trained
+models), so speed decides what it can show. On a shared machine an absolute
 time is noise but a ratio is not, so every number here comes from one process that builds both
 networks with the identical configuration (same preset, batch, precision and device; parameter
 counts checked equal) and times them in alternation: warm-up steps first (excluded), then
@@ -38,8 +39,10 @@ import copy
 import datetime
 import gc
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -680,12 +683,28 @@ def summary_rows(result: dict) -> list[dict]:
     return rows
 
 
-def _html_table(head: list[str], body: list[list[str]]) -> str:
-    """An HTML table (cells are trusted HTML: numbers, <b> and <code>), its text at 0.9 of the
-    page's like the book's other tables (an inline style: it holds in Jupyter and Colab too)."""
-    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
-    rows += ["<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body]
-    return '<table style="font-size: 0.9em">' + "".join(rows) + "</table>"
+def _html_table(head: list[str], body: list[list[str]], caption: str = "", head_rows: list[str] | None = None) -> str:
+    """An HTML table in the book's house style (class ``ddpm-table``: padded cells, caption under
+    the table); cells are trusted HTML (numbers, ``<code>``, ``<span>``). The text is at 0.9 of the
+    page's also through an inline style, which holds in Jupyter and Colab too.
+
+    :param head_rows: header rows given as whole ``<tr>...</tr>`` HTML (for spanning headers);
+        default one row of ``head``. A body cell that starts with ``<td`` or ``<th`` is taken whole
+        (a cell with a rowspan, or a row header).
+    """
+    rows = head_rows or ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    out = ['<table class="ddpm-table" style="font-size: 0.9em">']
+    if caption:
+        out.append(f"<caption>{caption}</caption>")
+    out.append("<thead>" + "".join(rows) + "</thead><tbody>")
+    out += ["<tr>" + "".join(c if c.startswith(("<td", "<th")) else f"<td>{c}</td>" for c in r) + "</tr>" for r in body]
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _name(text: str) -> str:
+    """A preset or variant name as code that does not break at its hyphens."""
+    return f'<code style="white-space: nowrap">{text}</code>'
 
 
 def _compact_count(n: int) -> str:
@@ -694,34 +713,77 @@ def _compact_count(n: int) -> str:
     return f'<span title="{n:,} parameters">{short}</span>'
 
 
-def summary_html(rows: list[dict]) -> str:
+def _rate(x: float) -> str:
+    """A throughput with three or more significant digits and no needless decimals: 1,945, 174, 2.5."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _percent(x: float) -> str:
+    """A fraction as a percentage with at least two significant digits: 16.3%, 1.2%, 0.21%, 0.037%."""
+    p = 100 * x
+    digits = 1 if p <= 0 else max(1, 1 - math.floor(math.log10(p)))
+    return f"{p:.{digits}f}%"
+
+
+def cpu_name(result: dict) -> str:
+    """The processor of a :func:`run` result without trademark signs ("Intel Xeon Processor")."""
+    name = re.sub(r"\((?:R|TM|r|tm)\)", "", result["machine"].get("cpu") or "")
+    return re.sub(r"\s+", " ", name).strip() or "unknown CPU"
+
+
+def machine_text(result: dict) -> str:
+    """Where and when a :func:`run` result was measured, as one caption sentence: the date (UTC)
+    and the GPU, or the processor, its cores, PyTorch's threads and the load average at the start."""
+    m = result["machine"]
+    when = m["date"][:16].replace("T", " ") + " UTC"
+    if m.get("gpu"):
+        return f"Measured {when} on an {m['gpu']}."
+    return (f"Measured {when} on an {cpu_name(result)}, {m['cpu_count']} cores, {m['torch_threads']} PyTorch "
+            f"thread{'s' if m['torch_threads'] != 1 else ''}, load average {m['load_average'][0]:.1f} at the start.")
+
+
+def summary_html(rows: list[dict], caption: str = "") -> str:
     """:func:`summary_rows` as an HTML table (images / s; ratios ddpm_core over diffusers), narrow
-    enough for the book's text column: compact parameter counts, variant names that wrap at "+",
-    and on a GPU no load average."""
+    enough for the book's text column: the rows grouped by kind, each preset with its compact
+    parameter count and batch, on a CPU the three ratios (wall clock, CPU time, paired rounds) side
+    by side, on a GPU the fastest of the package's modes, its MFU and peak memory. ``caption``
+    (e.g. :func:`machine_text`) follows the caption's sentence on units."""
     gpu = any(r["mfu"] is not None for r in rows)
     others = any(r["best"] != "ddpm_core" for r in rows)  # a compiled or graphed variant was fastest somewhere
-    # on a GPU the host's CPU time, the paired rounds and its load add nothing to the wall-clock ratio
-    head = ["", "preset", "params", "batch", "ddpm_core img/s", "diffusers img/s", "ratio"] + \
-        ([] if gpu else ["ratio (CPU time)", "ratio (paired rounds)"]) + \
-        (["fastest mode", "its ratio"] if others else []) + (["MFU", "peak GiB"] if gpu else ["load"])
+    # on a GPU the host's CPU time and the paired rounds add nothing to the wall-clock ratio
+    ratios = ["wall clock"] + ([] if gpu else ["CPU time", "paired rounds"])
+    tail = (["fastest mode", "its ratio"] if others else []) + (["MFU", "peak GiB"] if gpu else [])
+    span = lambda h: f'<th rowspan="2">{h}</th>'
+    ratio_head = span("ratio") if gpu else f'<th colspan="{len(ratios)}">ratio ddpm_core / diffusers</th>'
+    head_rows = ["<tr>" + span("preset") + '<th colspan="2">images / s</th>' + ratio_head
+                 + "".join(span(h) for h in tail) + "</tr>",
+                 "<tr><th>ddpm_core</th><th>diffusers</th>" + ("" if gpu else "".join(f"<th>{h}</th>" for h in ratios))
+                 + "</tr>"]
+    width = 3 + len(ratios) + len(tail)
     body = []
-    for r in rows:
-        cells = [r["kind"], f"<code>{r['preset']}</code>", _compact_count(r["parameters"]), str(r["batch"]),
-                 f"{r['ddpm_core']:,.1f}", f"{r['diffusers']:,.1f}", f"<b>{r['ratio']:.2f}x</b>"]
-        if not gpu:
-            cells += [f"{r['ratio_cpu_time']:.2f}x", f"{r['ratio_paired']:.2f}x"]
-        if others:
-            cells += [f"<code>{r['best'].replace('+', '+<wbr>')}</code>", f"{r['ratio_best']:.2f}x"]
-        if gpu:
-            cells += [f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
-                      f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"]
-        else:
-            cells.append(f"{r['load']:.1f}")
-        body.append(cells)
-    return _html_table(head, body)
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        body.append([f'<th colspan="{width}">{kind}</th>'])
+        for r in (r for r in rows if r["kind"] == kind):
+            cells = [f'{_name(r["preset"])}<br><span style="white-space: nowrap">{_compact_count(r["parameters"])}, '
+                     f'batch {r["batch"]}</span>', _rate(r["ddpm_core"]), _rate(r["diffusers"]), f"{r['ratio']:.2f}x"]
+            if not gpu:
+                cells += [f"{r['ratio_cpu_time']:.2f}x", f"{r['ratio_paired']:.2f}x"]
+            if others:
+                mode = r["best"].removeprefix("ddpm_core").lstrip("+") or "eager"
+                cells += [f"<code>{mode.replace('+', '+<wbr>')}</code>", f"{r['ratio_best']:.2f}x"]
+            if gpu:
+                cells += [_percent(r["mfu"]) if r["mfu"] is not None else "-",
+                          f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"]
+            body.append(cells)
+    units = ("Throughput in images per second (sampling: images through one reverse step); under each "
+             "preset its parameter count (exact on hover) and batch.")
+    if others:
+        units += (" Fastest mode: the fastest way the package ran, eager or with compile (torch.compile) "
+                  "and graph (replayed from a CUDA graph).")
+    return _html_table([], body, f"{units} {caption}".strip(), head_rows)
 
 
-def variants_html(result: dict) -> str:
+def variants_html(result: dict, caption: str = "") -> str:
     """Every variant's throughput relative to diffusers as shipped, per (kind, preset): what each
     setting (channels-last, compile, CUDA graphs) is worth."""
     cases = [c for kind in ("training", "sampling") for c in result.get(kind, [])]
@@ -729,39 +791,94 @@ def variants_html(result: dict) -> str:
     body = []
     for c in cases:
         base = c["variants"]["diffusers"]["images_per_s"]
-        body.append([c["kind"], f"<code>{c['preset']}</code>"] + [
+        body.append([c["kind"], _name(c["preset"])] + [
             f"{c['variants'][n]['images_per_s'] / base:.2f}x" if n in c["variants"] else "-" for n in names])
-    return _html_table(["", "preset"] + [f"<code>{n}</code>" for n in names], body)
+    text = f"Throughput of each variant over that of diffusers as shipped. {caption}".strip()
+    return _html_table(["kind", "preset"] + [_name(n) for n in names], body, text)
 
 
-def settings_html(result: dict) -> str:
+def history_html(saved: list[tuple[Path, dict]], caption: str = "") -> str:
+    """The saved runs of :func:`saved_results`, one compact table: a row per run and kind, a column
+    per preset, each cell the three ratios ddpm_core / diffusers (wall clock · CPU time · paired
+    rounds); the run's threads and load average beside its date."""
+    presets = list(dict.fromkeys(c["preset"] for _, res in saved for kind in ("training", "sampling")
+                                 for c in res.get(kind, [])))
+    body = []
+    for _, res in saved:
+        m = res["machine"]
+        rows = {(r["kind"], r["preset"]): r for r in summary_rows(res)}
+        kinds = [k for k in ("training", "sampling") if res.get(k)]
+        for i, kind in enumerate(kinds):
+            cells = []
+            if i == 0:
+                cells.append(f'<td rowspan="{len(kinds)}" style="white-space: nowrap">{m["date"][:10]} '
+                             f'{m["date"][11:16]}<br>{m["torch_threads"]} thread{"s" if m["torch_threads"] != 1 else ""}, '
+                             f'load {m["load_average"][0]:.1f}</td>')
+            cells.append(kind)
+            for p in presets:
+                r = rows.get((kind, p))
+                cells.append("-" if r is None else '<span style="white-space: nowrap">'
+                             f"{r['ratio']:.2f} · {r['ratio_cpu_time']:.2f} · {r['ratio_paired']:.2f}</span>")
+            body.append(cells)
+    changes = []  # a preset whose network or batch changed between runs, under the same name
+    for p in presets:
+        seen = network_history(saved, p)
+        if len(seen) > 1:
+            changes.append(f"{_name(p)}: " + ", ".join(
+                f"{_compact_count(n)} parameters at batch {b} from {date}" for date, n, b in seen))
+    text = ("Each cell: ddpm_core's throughput over diffusers' by wall clock · by CPU time · by paired "
+            "rounds. Run dates in UTC. "
+            + (f"The presets changed between runs ({'; '.join(changes)}). " if changes else "") + caption).strip()
+    return _html_table(["run", "kind"] + [_name(p) for p in presets], body, text)
+
+
+def network_history(saved: list[tuple[Path, dict]], preset: str) -> list[tuple[str, int, int]]:
+    """How a preset was timed over the saved runs: ``(date of the first run, parameters, batch)``
+    each time its network or batch changed (dates as ``YYYY-MM-DD HH:MM``, UTC)."""
+    out = []
+    for _, res in saved:
+        case = next((c for c in res.get("training", []) + res.get("sampling", []) if c["preset"] == preset), None)
+        if case is not None and (not out or out[-1][1:] != (case["parameters"], case["batch"])):
+            out.append((res["machine"]["date"][:16].replace("T", " "), case["parameters"], case["batch"]))
+    return out
+
+
+def settings_html(result: dict, caption: str = "") -> str:
     """The CPU settings of a :func:`run` result (threads, memory format, compile) as an HTML table."""
     s = result["cpu_settings"]
     body = [[name, f"{r['images_per_s']:.1f}", f"{r['warmup_s']:.1f}"] for name, r in s["variants"].items()]
-    return _html_table([f"ddpm_core training, <code>{s['preset']}</code>, batch {s['batch']}", "images / s",
-                        "first step (s)"], body)
+    text = (f"ddpm_core alone, training {_name(s['preset'])} at batch {s['batch']}; the first step "
+            f"(untimed) includes compiling. {caption}").strip()
+    return _html_table(["setting", "images / s", "first step (s)"], body, text)
 
 
-def evaluation_html(result: dict) -> str:
-    """The evaluation costs of a :func:`run` result as an HTML table."""
+def evaluation_html(result: dict, caption: str = "") -> str:
+    """The evaluation costs of a :func:`run` result as an HTML table: bits/dim exact and strided,
+    feature extraction one image at a time and in batches."""
     b, f = result["evaluation"]["bpd"], result["evaluation"]["features"]
-    body = [[f"exact bits/dim, {b['images']} images", f"{b['exact']['calls']} calls", f"{b['exact']['wall_s']:.1f}",
+    body = [["bits/dim, exact", str(b["images"]), f"{b['exact']['calls']:,}", "-", f"{b['exact']['wall_s']:.1f}",
              f"{b['exact']['bpd']:.3f} bits/dim", "1x"]]
     for e in b["strided"]:
-        body.append([f"strided bits/dim, stride {e['stride']}", f"{e['calls']} calls", f"{e['wall_s']:.1f}",
+        body.append([f"bits/dim, stride {e['stride']}", str(b["images"]), f"{e['calls']:,}", "-", f"{e['wall_s']:.1f}",
                      f"{e['bpd']:.3f} bits/dim", f"{e['speedup']:.0f}x"])
     one = f["batches"][0]["images_per_s"]
     for x in f["batches"]:
-        body.append([f"features, {x['images']} images", f"batch {x['batch_size']}", f"{x['wall_s']:.2f}",
-                     f"{x['images_per_s']:,.0f} images/s", f"{x['images_per_s'] / one:.0f}x"])
-    return _html_table(["computation", "network calls / batch", "seconds", "result", "speed-up"], body)
+        body.append(["features", str(x["images"]), "1", str(x["batch_size"]), f"{x['wall_s']:.2f}",
+                     f"{x['images_per_s']:,.0f} img/s", f"{x['images_per_s'] / one:.0f}x"])
+    text = ("calls per image: how often the network runs for each image; seconds: wall-clock time of the "
+            "whole computation; speed-up "
+            f"over the first row of its kind. Features from the {f['extractor']}. {caption}").strip()
+    return _html_table(["computation", "images", "calls per image", "batch", "seconds", "result", "speed-up"], body,
+                       text)
 
 
-def saved_results(kind: str = "cpu", folder: str | Path | None = None) -> list[tuple[Path, dict]]:
+def saved_results(kind: str = "cpu", folder: str | Path | None = None,
+                  required: bool = False) -> list[tuple[Path, dict]]:
     """The saved runs ``benchmarks/<kind>-*.json`` as (path, result), the latest measured last.
 
     :param folder: default: the repository's ``benchmarks/`` (beside the package, or beside the
-        current directory, e.g. ``book/``); an empty list where there is none (an installed copy)."""
+        current directory, e.g. ``book/``); an empty list where there is none (an installed copy).
+    :param required: raise ``FileNotFoundError`` (saying where to run) instead of returning no runs."""
     if folder is None:
         candidates = [Path(__file__).resolve().parent.parent / "benchmarks", Path.cwd().parent / "benchmarks",
                       Path.cwd() / "benchmarks"]
@@ -781,6 +898,10 @@ def saved_results(kind: str = "cpu", folder: str | Path | None = None) -> list[t
             raise ValueError(f"{path} is not a ddpm_core.bench result (schema {result.get('schema')!r}, "
                              f"expected {SCHEMA!r}); re-run python -m ddpm_core.bench")
         out.append((path, result))
+    if required and not out:
+        raise FileNotFoundError(f"no saved {kind} benchmark results in {folder}: run this in a clone of the "
+                                "book's repository (its benchmarks/ folder), where GitHub can be reached, "
+                                f"or measure with python -m ddpm_core.bench")
     return sorted(out, key=lambda pr: pr[1]["machine"]["date"])
 
 

@@ -16,6 +16,7 @@ Numbers from the two are not comparable; every table prints the extractor's ``.n
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -202,9 +203,12 @@ def find_inception_weights(weights_path: str | Path | None = None, download: boo
     if download:
         hub = Path(torch.hub.get_dir()) / "checkpoints"
         for url in INCEPTION_URLS:
+            said = io.StringIO()  # torch hub's "Downloading: ... to ..." line: shown only if it worked
             try:
-                torch.hub.load_state_dict_from_url(url, model_dir=str(hub), map_location="cpu",
-                                                   progress=False)
+                with contextlib.redirect_stdout(said):
+                    torch.hub.load_state_dict_from_url(url, model_dir=str(hub), map_location="cpu",
+                                                       progress=False)
+                print(said.getvalue(), end="")
                 return hub / url.rsplit("/", 1)[1]
             except Exception as err:  # no internet, or the host refused
                 failure = f"download from {url} failed: {type(err).__name__}: {err}"

@@ -83,7 +83,9 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config_and_writes_valid_json(tmp_pa
     assert "ddpm_core / diffusers" in table and "cpu-digits" in table and m["date"] in table
     rows = bench.summary_rows(result)
     assert [r["kind"] for r in rows] == ["training", "sampling"] and rows[0]["ratio"] == result["training"][0]["ratio"]
-    assert bench.summary_html(rows).count("<tr>") == 3 and "diffusers-cl" in bench.variants_html(result)
+    html = bench.summary_html(rows, bench.machine_text(result))
+    assert html.count("<tr><td>") == 2 and "diffusers-cl" in bench.variants_html(result)  # a row per kind
+    assert 'class="ddpm-table"' in html and m["date"][:10] in html and "cores" in html  # caption: where and when
 
 
 def test_strided_bpd_with_stride_one_is_the_exact_bound_and_larger_strides_estimate_it():
@@ -219,16 +221,86 @@ def test_cpu_settings_time_each_thread_and_layout_variant_of_the_book_network():
 
 
 def test_summary_html_fits_a_text_column():
-    """The appendix's summary tables: compact parameter counts (exact on hover), variant names that
-    may wrap at "+", a load column on the CPU only (a GPU run's host load says nothing)."""
+    """The appendix's summary tables: the house table class with a caption, rows grouped by kind,
+    compact parameter counts (exact on hover) under the preset name, which does not break at its
+    hyphen; on a CPU the three ratios, none of them set apart in bold; on a GPU the fastest mode,
+    its MFU with at least two significant digits, and no CPU-time ratios."""
     row = dict(kind="training", preset="ddpm-cifar10", batch=128, precision="bf16", parameters=35_746_307,
                ddpm_core=1885.6, diffusers=1664.9, ratio=1.13, ratio_cpu_time=1.1, ratio_paired=1.12,
                best="ddpm_core+compile+graph", ratio_best=2.58, mfu=0.163, peak_gib=3.93, load=0.8)
-    gpu = bench.summary_html([row])
-    assert '<span title="35,746,307 parameters">35.7M</span>' in gpu
-    assert "<code>ddpm_core+<wbr>compile+<wbr>graph</code>" in gpu and "16.3%" in gpu
-    assert "<th>load</th>" not in gpu and "ratio (CPU time)" not in gpu
+    gpu = bench.summary_html([row, dict(row, kind="sampling", mfu=0.00037)], caption="Measured then.")
+    assert gpu.startswith('<table class="ddpm-table"') and "Measured then.</caption>" in gpu
+    assert '<span title="35,746,307 parameters">35.7M</span>, batch 128' in gpu
+    assert '<code style="white-space: nowrap">ddpm-cifar10</code>' in gpu
+    assert "<code>compile+<wbr>graph</code>" in gpu and "16.3%" in gpu and "0.037%" in gpu  # ddpm_core+compile+graph
+    assert ">training</th>" in gpu and ">sampling</th>" in gpu and gpu.count("<tr><td>") == 2
+    assert "CPU time" not in gpu and "paired" not in gpu and "<b>" not in gpu
     cpu = bench.summary_html([dict(row, preset="cpu-mnist", parameters=280_177, best="ddpm_core", mfu=None,
                                    peak_gib=None)])
-    assert ">280k</span>" in cpu and "<th>load</th>" in cpu and "<td>0.8</td>" in cpu
+    assert ">280k</span>" in cpu and "<th>CPU time</th>" in cpu and "<th>paired rounds</th>" in cpu
+    assert "<td>1.13x</td><td>1.10x</td><td>1.12x</td>" in cpu and "<b>" not in cpu
     assert "fastest mode" in gpu and "fastest mode" not in cpu and "MFU" not in cpu
+
+
+def test_percentages_keep_two_significant_digits():
+    assert [bench._percent(x) for x in (0.163, 0.012, 0.0021, 0.00037, 0.0)] == \
+        ["16.3%", "1.2%", "0.21%", "0.037%", "0.0%"]
+
+
+def _saved_run(date, threads, load, cases):
+    """A saved CPU result with the given (kind, preset, parameters, batch, wall, cpu, paired) cases."""
+    out = {"schema": bench.SCHEMA, "machine": {"date": date, "cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2,
+                                               "torch_threads": threads, "load_average": [load, 0, 0]},
+           "training": [], "sampling": []}
+    for kind, preset, n, batch, wall, cpu_time, paired in cases:
+        out[kind].append({"preset": preset, "batch": batch, "precision": "fp32", "parameters": n, "ratio": wall,
+                          "ratio_cpu_time": cpu_time, "best": "ddpm_core", "ratio_best": wall, "load_before": [load],
+                          "variants": {"ddpm_core": {"images_per_s": wall, "wall_s": [1.0]},
+                                       "diffusers": {"images_per_s": 1.0, "wall_s": [paired]}}})
+    return out
+
+
+def test_history_html_gives_each_run_and_kind_the_three_ratios_and_says_when_a_preset_changed():
+    old = _saved_run("2026-01-01T09:08:00+00:00", 1, 8.8, [("training", "cpu-mnist", 1_623_169, 64, 0.85, 1.07, 1.29),
+                                                           ("sampling", "cpu-mnist", 1_623_169, 64, 0.82, 1.21, 1.18)])
+    new = _saved_run("2026-02-01T10:22:00+00:00", 2, 1.0, [("training", "cpu-mnist", 280_177, 32, 1.22, 1.18, 1.02),
+                                                           ("sampling", "cpu-mnist", 280_177, 32, 1.10, 1.04, 1.13)])
+    saved = [(Path("a.json"), old), (Path("b.json"), new)]
+    assert bench.network_history(saved, "cpu-mnist") == [("2026-01-01 09:08", 1_623_169, 64),
+                                                          ("2026-02-01 10:22", 280_177, 32)]
+    html = bench.history_html(saved)
+    assert html.startswith('<table class="ddpm-table"') and html.count('rowspan="2"') == 2
+    assert "2026-01-01 09:08<br>1 thread, load 8.8" in html and "2 threads, load 1.0" in html
+    assert "0.85 · 1.07 · 1.29" in html and "1.22 · 1.18 · 1.02" in html  # wall · CPU time · paired
+    assert "1.62M</span> parameters at batch 64 from 2026-01-01 09:08" in html and "batch 32 from 2026-02-01" in html
+    assert "changed" not in bench.history_html(saved[1:])  # one run: nothing changed
+
+
+def test_machine_text_names_the_date_and_the_machine_without_trademark_signs():
+    run = _saved_run("2026-02-01T10:22:00+00:00", 2, 1.04, [])
+    assert bench.cpu_name(run) == "Intel Xeon Processor"
+    assert bench.machine_text(run) == ("Measured 2026-02-01 10:22 UTC on an Intel Xeon Processor, 2 cores, "
+                                       "2 PyTorch threads, load average 1.0 at the start.")
+    run["machine"]["gpu"] = "NVIDIA H200"
+    assert bench.machine_text(run) == "Measured 2026-02-01 10:22 UTC on an NVIDIA H200."
+
+
+def test_evaluation_html_separates_calls_per_image_from_the_batch():
+    result = {"evaluation": {
+        "bpd": {"model": "untrained cpu-digits network", "images": 32,
+                "exact": {"calls": 1000, "wall_s": 11.8, "bpd": 7.301},
+                "strided": [{"stride": 10, "calls": 109, "wall_s": 3.2, "bpd": 7.329, "speedup": 3.7}]},
+        "features": {"extractor": "classifier", "speedup": 2.0,
+                     "batches": [{"batch_size": 1, "images": 128, "wall_s": 0.1, "images_per_s": 1280.0},
+                                 {"batch_size": 256, "images": 512, "wall_s": 0.2, "images_per_s": 2560.0}]}}}
+    html = bench.evaluation_html(result, caption="Measured then.")
+    assert "<th>calls per image</th><th>batch</th>" in html and 'class="ddpm-table"' in html
+    assert "<td>bits/dim, exact</td><td>32</td><td>1,000</td><td>-</td>" in html
+    assert "<td>features</td><td>512</td><td>1</td><td>256</td>" in html and "2,560 img/s" in html
+    assert "Measured then.</caption>" in html
+
+
+def test_saved_results_can_require_at_least_one_run(tmp_path):
+    assert bench.saved_results("cpu", tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="python -m ddpm_core.bench"):
+        bench.saved_results("cpu", tmp_path, required=True)

@@ -85,6 +85,37 @@ def test_missing_inception_weights_error_names_the_file_the_places_and_the_remed
         features.find_inception_weights(tmp_path / "nowhere.pth")
 
 
+def test_failed_inception_download_prints_nothing_and_a_successful_one_says_where_it_went(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """torch hub announces "Downloading: <url> to <path>" before it tries: offline that line (with
+    the machine's paths) would only precede the error, so it is shown only when the download worked."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(features.INCEPTION_ENV, raising=False)
+    tried = []
+
+    def offline(url, model_dir=None, **kwargs):
+        tried.append(url)
+        print(f'Downloading: "{url}" to {model_dir}')
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        features.find_inception_weights()
+    assert tried == list(features.INCEPTION_URLS) and "Downloading" not in capsys.readouterr().out
+    assert str(info.value).splitlines()[0] == f"Inception-v3 weights for FID/IS not found: {features.INCEPTION_FILE}"
+    assert "Name or service not known" in str(info.value)  # the reason stays in the error
+
+    def online(url, model_dir=None, **kwargs):
+        print(f'Downloading: "{url}" to {model_dir}')
+        return {}
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", online)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    assert features.find_inception_weights() == hub / features.INCEPTION_URLS[0].rsplit("/", 1)[1]
+    assert capsys.readouterr().out.startswith("Downloading:")
+
+
 def test_inception_weights_are_looked_up_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
