@@ -128,6 +128,23 @@ def uniform_floor(modes: torch.Tensor, mode_std: float, n: int = 2000, seed: int
     return mode_stats(pts, modes, mode_std, n_std=n_std)
 
 
+def mode_table(stats: dict[str, dict[str, ModeStats]]):
+    """A ``pandas.DataFrame`` of mode coverage, one row per (mixture, kind of points).
+
+    :param stats: ``{kind of points: {mixture: ModeStats}}``, e.g. ``{"held-out data": ...,
+        "uniform cloud": ...}``.
+    :return: index (mixture, points); columns "modes covered" ("8 of 8") and "high-quality share".
+    """
+    import pandas as pd
+
+    mixtures = list(dict.fromkeys(name for by_mixture in stats.values() for name in by_mixture))
+    rows = [{"mixture": name, "points": kind, "modes covered": f"{s.covered} of {s.num_modes}",
+             "high-quality share": f"{s.high_quality:.1%}"}
+            for name in mixtures for kind, by_mixture in stats.items() if name in by_mixture
+            for s in [by_mixture[name]]]
+    return pd.DataFrame(rows).set_index(["mixture", "points"])
+
+
 def _points(x: torch.Tensor, name: str) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.dim() != 2:
@@ -383,14 +400,16 @@ def toy_study(datasets: Sequence[str] = ("ring", "grid"), families: Sequence[str
     return rows
 
 
-def _count(mean: float) -> str:
-    """A mean count as a table shows it: "8" when every seed agrees on a whole number, else "20.3"."""
-    return f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
+def _count_range(low: float, high: float) -> str:
+    """Counts over seeds as a table shows them: "8" when every seed agrees, else "18–21"."""
+    return f"{low:.0f}" if low == high else f"{low:.0f}–{high:.0f}"
 
 
 def toy_table(rows: list[dict]):
-    """A ``pandas.DataFrame``, one row per (dataset, family): modes covered (mean, min and max over seeds),
-    high-quality share (mean ± std), mode imbalance (total variation), training budget and seconds."""
+    """A ``pandas.DataFrame``, one row per (dataset, family): modes covered (the range over seeds,
+    "18–21 of 25"), high-quality share and mode imbalance (total variation), each as mean ± standard
+    deviation over the seeds, and the mean training time. The budget (updates, batch size) and the
+    number of seeds are the same in every row of a study, so the text states them."""
     import pandas as pd
 
     out = []
@@ -400,12 +419,11 @@ def toy_table(rows: list[dict]):
         cov, hq = summarize([r["covered"] for r in rs]), summarize([r["high_quality"] for r in rs])
         tv, sec = summarize([r["mode_tv"] for r in rs]), summarize([r["train_seconds"] for r in rs])
         out.append({
-            "data": ds, "model": FAMILY_NAMES[fam], "seeds": cov["n"],
-            "modes covered": f"{_count(cov['mean'])} of {rs[0]['num_modes']} (min {cov['min']:.0f}, max {cov['max']:.0f})",
+            "data": ds, "model": FAMILY_NAMES[fam],
+            "modes covered": f"{_count_range(cov['min'], cov['max'])} of {rs[0]['num_modes']}",
             "high-quality share": f"{hq['mean']:.1%} ± {hq['std']:.1%}",
             "imbalance (TV)": f"{tv['mean']:.2f} ± {tv['std']:.2f}",
-            "updates × batch": f"{rs[0]['steps']:,} × {rs[0]['batch_size']}",
-            "training s (mean)": round(sec["mean"], 1),
+            "training time (s)": f"{sec['mean']:.1f}",
         })
     return pd.DataFrame(out).set_index(["data", "model"])
 
@@ -717,6 +735,36 @@ def book_colour_study(progress: bool = True, path: str | Path | None = None) -> 
     return ImageStudy.load(path) if path.with_suffix(".json").is_file() else None
 
 
+def paper_rows(study: ImageStudy) -> dict[str, list[dict]]:
+    """The rows of ``paper.compare`` that set the papers' CIFAR-10 numbers beside a study's means
+    over its seeds.
+
+    :return: ``"samples"``: FID and IS of the GAN (paper: SNGAN) and of the DDPM (paper: its
+        L_simple model), both from Table 1 of Ho et al. 2020; ``"likelihood"``: bits/dim of the VAE
+        (paper: NVAE) and the flow (paper: Glow), as listed by Nichol & Dhariwal 2021, and the DDPM's
+        bound (Ho et al. 2020, Table 1). Each row: ``quantity``, ``paper`` (a ``paper.ref``) and
+        ``book``, the study's number as text with the digits of :func:`image_table` (FID one decimal,
+        IS and bits/dim two).
+    """
+    from . import paper
+
+    fid, is_ = ({f: s["mean"] for f, s in study.stat(q).items()} for q in ("fid", "is_mean"))
+    bpd = {f: s["mean"] for f, s in study.stat("bpd").items()}
+    gan, ddpm = dict(model="SNGAN"), dict(model="DDPM, L_simple")
+    samples = [dict(quantity=f"{who}: {q}", paper=paper.ref("ho2020_table1", q, **where), book=f"{book[fam]:.{d}f}")
+               for fam, who, where in [("gan", "GAN (paper: SNGAN)", gan), ("ddpm", "DDPM", ddpm)]
+               for q, book, d in [("FID", fid, 1), ("IS", is_, 2)]]
+    likelihood = [
+        dict(quantity="VAE (paper: NVAE): bits/dim", paper=paper.ref("nichol2021_nll", "NLL", model="NVAE"),
+             book=f"{bpd['vae']:.2f}"),
+        dict(quantity="flow (paper: Glow): bits/dim", paper=paper.ref("nichol2021_nll", "NLL", model="Glow"),
+             book=f"{bpd['flow']:.2f}"),
+        dict(quantity="DDPM: bits/dim (bound)", paper=paper.ref("ho2020_table1", "NLL", **ddpm),
+             book=f"{bpd['ddpm']:.2f}"),
+    ]
+    return {"samples": samples, "likelihood": likelihood}
+
+
 def _seeds(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
@@ -737,7 +785,9 @@ def image_table(rows: list[dict]):
         model), ``sample_seconds`` (per image) and ``sampler``. A model with
         several seeds shows the means over them (:func:`seed_table` shows their range); a single
         KID comes with its standard deviation over the estimator's subsets, a single bits/dim with
-        its standard error over the test images.
+        its standard error over the test images. FID and KID are better when lower, IS when
+        higher (the headers' arrows). A row without a model (test images, noise) leaves the
+        bits/dim, training and sampling cells blank; the GAN's bits/dim read "none".
     """
     import pandas as pd
 
@@ -751,15 +801,21 @@ def image_table(rows: list[dict]):
         one = len(evals) == 1
         kid = f"{_kid_text(evals[0].kid_mean)} ± {_kid_text(evals[0].kid_std)}" if one else \
             _kid_text(mean([e.kid_mean for e in evals]))
-        bpd = "none" if not bpds else f"{bpds[0]['bpd']:.2f} ± {bpds[0]['bpd_se']:.2f}" if len(bpds) == 1 else \
-            f"{mean([b['bpd'] for b in bpds]):.2f}"
+        if r.get("bpd") is None:  # no model (test images, noise): no likelihood to give
+            bpd = ""
+        elif not bpds:  # a model without a likelihood (the GAN)
+            bpd = "none"
+        elif len(bpds) == 1:
+            bpd = f"{bpds[0]['bpd']:.2f} ± {bpds[0]['bpd_se']:.2f}"
+        else:
+            bpd = f"{mean([b['bpd'] for b in bpds]):.2f}"
         train_s = r.get("train_seconds")
         out.append({
             "model": r["model"], "seeds": len(evals) if r.get("updates") else "",
-            "FID": round(mean([e.fid for e in evals]), 2), "IS": round(mean([e.is_mean for e in evals]), 2),
-            "KID × 10³": kid, "bits/dim (test)": bpd,
+            "FID ↓": round(mean([e.fid for e in evals]), 1), "IS ↑": round(mean([e.is_mean for e in evals]), 2),
+            "KID × 10³ ↓": kid, "bits/dim (test)": bpd,
             # "" where a row has no training or sampling (test digits, noise): no NaN in the table
-            "training s": "" if train_s is None else f"{mean(_seeds(train_s)):.1f}",
+            "training time (s)": "" if train_s is None else f"{mean(_seeds(train_s)):.1f}",
             "ms per sample": "" if r.get("sample_seconds") is None else f"{1e3 * r['sample_seconds']:.2f}",
             "sampled with": r.get("sampler", ""),
         })
@@ -768,7 +824,8 @@ def image_table(rows: list[dict]):
 
 def seed_table(rows: list[dict]):
     """The spread over training seeds of the rows of :func:`image_table` that have several: the
-    lowest and highest FID, KID (x 1e3) and bits/dim of each model's runs."""
+    lowest and highest FID (one decimal, as :func:`image_table`), KID (x 1e3) and bits/dim of each
+    model's runs."""
     import pandas as pd
 
     out = []
@@ -779,9 +836,9 @@ def seed_table(rows: list[dict]):
         row = {"model": r["model"], "seeds": len(evals)}
         for name, values in [("FID", [e.fid for e in evals]), ("KID × 10³", [1e3 * e.kid_mean for e in evals]),
                              ("bits/dim", [b["bpd"] for b in _seeds(r.get("bpd") or {}) if b.get("bpd") is not None])]:
-            st = summarize(values) if values else None
-            row[f"{name} min"] = "" if st is None else round(st["min"], 2)
-            row[f"{name} max"] = "" if st is None else round(st["max"], 2)
+            st, digits = (summarize(values) if values else None), (1 if name == "FID" else 2)
+            row[f"{name} min"] = "" if st is None else round(st["min"], digits)
+            row[f"{name} max"] = "" if st is None else round(st["max"], digits)
         out.append(row)
     return pd.DataFrame(out).set_index("model")
 
@@ -826,16 +883,18 @@ def report_verdicts(toy: list[dict], fid: dict[str, float], kid: dict[str, float
             all(spread[ds, "gan"] == max(spread[ds, f] for f in FAMILIES) for ds in mixtures),
             "the GAN's HQ share varies most over seeds, on every mixture"),
         "VAEs give blurrier samples": (
-            both(lambda m: m["vae"] == max(m[f] for f in FAMILIES)), "the VAE's FID and KID are the highest of the four"),
+            both(lambda m: m["vae"] == max(m[f] for f in FAMILIES)),
+            "on digits, the VAE's mean FID and KID are the highest of the four"),
         "flows give weaker samples": (
-            both(lambda m: m["flow"] > max(m["gan"], m["ddpm"])), "the flow's FID and KID are above the GAN's and the DDPM's"),
+            both(lambda m: m["flow"] > max(m["gan"], m["ddpm"])),
+            "on digits, the flow's mean FID and KID are above the GAN's and the DDPM's"),
         "diffusion covers all modes": (
             all(worst[ds, "ddpm"] == modes[ds] for ds in mixtures)
             and (floor is None or all(min(per_seed(ds, "ddpm", "high_quality")) > floor[ds] for ds in mixtures)),
             "every DDPM seed covers every mode of every mixture" + (
                 "" if floor is None else ", with more high-quality samples than a uniform cloud over the modes")),
         "diffusion samples match GANs": (
-            both(lambda m: m["ddpm"] <= m["gan"]), "the DDPM's FID and KID are at most the GAN's"),
+            both(lambda m: m["ddpm"] <= m["gan"]), "on digits, the DDPM's mean FID and KID are at most the GAN's"),
         "diffusion gives a likelihood": (
             bpd["ddpm"] is not None and bpd["ddpm"] < 8.0,
             "the DDPM's bound is below 8 bits/dim (the cost of storing raw pixels)"),

@@ -119,6 +119,31 @@ def toy_rows(covered: dict, hq: dict, num_modes: int = 8) -> list[dict]:
             for f in compare.FAMILIES for s, (c, h) in enumerate(zip(covered[f], hq[f]))]
 
 
+def test_paper_rows_set_the_papers_numbers_beside_the_studys_means():
+    from types import SimpleNamespace
+
+    from ddpm_core import paper
+
+    def ev(fid):
+        return SimpleNamespace(fid=fid, is_mean=fid / 10, kid_mean=fid / 1000)
+
+    study = SimpleNamespace(
+        evals={f: [ev(10.0 + i), ev(12.0 + i)] for i, f in enumerate(compare.FAMILIES)},
+        bpd={"gan": [{"bpd": None}] * 2, **{f: [{"bpd": b}, {"bpd": b + 0.2}]
+                                             for f, b in [("vae", 1.5), ("flow", 1.7), ("ddpm", 2.0)]}})
+    study.stat = lambda q: compare.ImageStudy.stat(study, q)
+    rows = compare.paper_rows(study)
+    samples = {r["quantity"]: r for r in rows["samples"]}
+    # the book's means over the seeds, with the digits of image_table: FID one decimal, IS and bits/dim two
+    assert samples["GAN (paper: SNGAN): FID"]["book"] == "11.0" and samples["DDPM: IS"]["book"] == "1.40"
+    assert samples["GAN (paper: SNGAN): FID"]["paper"].value == paper.value("ho2020_table1", "FID", model="SNGAN")
+    assert str(samples["DDPM: FID"]["paper"]) == "3.17" and samples["DDPM: FID"]["paper"].mark == "P"
+    bits = {r["quantity"]: r for r in rows["likelihood"]}
+    assert bits["VAE (paper: NVAE): bits/dim"]["book"] == "1.60" and bits["DDPM: bits/dim (bound)"]["book"] == "2.10"
+    assert bits["DDPM: bits/dim (bound)"]["paper"].value == paper.value("ho2020_table1", "NLL", model="DDPM, L_simple")
+    assert all(r["paper"] is not None for rs in rows.values() for r in rs)  # no row without a paper number
+
+
 def test_report_verdicts_follow_their_rules():
     rows = toy_rows({"gan": [8, 5, 8], "vae": [8, 8, 8], "flow": [8, 8, 7], "ddpm": [8, 8, 8]},
                     {"gan": [0.9, 0.4, 0.7], "vae": [0.4, 0.42, 0.41], "flow": [0.6, 0.62, 0.6], "ddpm": [0.5, 0.5, 0.52]})
@@ -136,6 +161,9 @@ def test_report_verdicts_follow_their_rules():
     v = {k: ok for k, (ok, _) in compare.report_verdicts(rows, {**fid, "ddpm": 10.0}, {**kid, "ddpm": 0.1}, bpd).items()}
     assert v["GANs cover fewer modes"] is False and v["GAN training is unstable"] is False
     assert v["diffusion covers all modes"] is False and v["diffusion samples match GANs"] == "yes"
+    rules = {k: rule for k, (_, rule) in compare.report_verdicts(rows, fid, kid, bpd).items()}
+    assert all(rules[k].startswith("on digits") for k in ("VAEs give blurrier samples", "flows give weaker samples",
+                                                           "diffusion samples match GANs"))  # not the 2-D mixtures
     # with a floor: covering every mode is not enough where a uniform cloud scores more high-quality points
     rows = toy_rows({f: [8, 8, 8] for f in compare.FAMILIES}, {f: [0.5, 0.45, 0.5] for f in compare.FAMILIES})
     assert compare.report_verdicts(rows, fid, kid, bpd)["diffusion covers all modes"][0] is True
@@ -170,14 +198,27 @@ def test_toy_cache_check_matches_what_train_toy_stores(tmp_path, monkeypatch):
         assert not compare._toy_cached(fam, "ring", 1) and not compare._toy_cached(fam, "grid", 0)
 
 
-def test_toy_table_prints_whole_mode_counts_without_a_decimal():
-    def row(seed, covered):
+def test_toy_table_gives_mode_counts_as_their_range_over_seeds():
+    def row(seed, covered, seconds=4.0):
         return dict(dataset="grid", family="gan", seed=seed, covered=covered, num_modes=25, high_quality=0.5,
-                    mode_tv=0.1, train_seconds=4.0, steps=1000, batch_size=256)
-    agree = compare.toy_table([row(0, 25), row(1, 25)]).iloc[0]
-    assert agree["modes covered"] == "25 of 25 (min 25, max 25)" and agree["updates × batch"] == "1,000 × 256"
-    differ = compare.toy_table([row(0, 20), row(1, 21), row(2, 21)]).iloc[0]
-    assert differ["modes covered"] == "20.7 of 25 (min 20, max 21)"
+                    mode_tv=0.1, train_seconds=seconds, steps=1000, batch_size=256)
+    agree = compare.toy_table([row(0, 25), row(1, 25, 5.0)]).iloc[0]
+    assert agree["modes covered"] == "25 of 25" and agree["training time (s)"] == "4.5"
+    differ = compare.toy_table([row(0, 20), row(1, 18), row(2, 21)]).iloc[0]
+    assert differ["modes covered"] == "18–21 of 25"  # no mean that no seed reached
+    # the budget and the number of seeds are the same in every row: the text states them
+    assert list(differ.index) == ["modes covered", "high-quality share", "imbalance (TV)", "training time (s)"]
+
+
+def test_mode_table_has_one_row_per_mixture_and_kind_of_points():
+    ring, grid = (data.load_dataset(n, split="test") for n in ("ring", "grid"))
+    held = {m: compare.mode_stats(d.x, d.modes, d.mode_std) for m, d in [("ring", ring), ("grid", grid)]}
+    floor = {m: compare.uniform_floor(d.modes, d.mode_std) for m, d in [("ring", ring), ("grid", grid)]}
+    table = compare.mode_table({"held-out data": held, "uniform cloud": floor})
+    assert list(table.index) == [("ring", "held-out data"), ("ring", "uniform cloud"),
+                                 ("grid", "held-out data"), ("grid", "uniform cloud")]
+    assert table.loc[("grid", "held-out data"), "modes covered"] == "25 of 25"
+    assert table.loc[("ring", "uniform cloud"), "high-quality share"] == f"{floor['ring'].high_quality:.1%}"
 
 
 def test_toy_ddpm_variant_differs_from_the_ddpm_in_its_network_only(tmp_path, monkeypatch):
@@ -207,11 +248,12 @@ def test_image_table_leaves_cells_blank_where_a_row_has_no_training():
         dict(model="DDPM", eval=e, bpd={"bpd": 2.0, "bpd_se": 0.1}, train_seconds=270.55, updates="700 x 32",
              sample_seconds=0.1, sampler="50 ancestral steps"),
         dict(model="noise", eval=SimpleNamespace(fid=1207.7, is_mean=1.0, kid_mean=1615.4815, kid_std=1.992))])
-    assert table.loc["noise", "KID × 10³"] == "1,615,482 ± 1,992"  # not 1615481.5 ± 1992.0
-    assert table.loc["DDPM", "training s"] == "270.6" and table.loc["DDPM", "ms per sample"] == "100.00"
-    assert table.loc["DDPM", "bits/dim (test)"] == "2.00 ± 0.10" and table.loc["DDPM", "KID × 10³"] == "12.3 ± 2.0"
-    assert table.loc["noise", "training s"] == "" and table.loc["noise", "ms per sample"] == ""
-    assert table.loc["noise", "bits/dim (test)"] == "none" and not table.isna().any().any()
+    assert table.loc["noise", "KID × 10³ ↓"] == "1,615,482 ± 1,992"  # not 1615481.5 ± 1992.0
+    assert table.loc["DDPM", "training time (s)"] == "270.6" and table.loc["DDPM", "ms per sample"] == "100.00"
+    assert table.loc["DDPM", "bits/dim (test)"] == "2.00 ± 0.10" and table.loc["DDPM", "KID × 10³ ↓"] == "12.3 ± 2.0"
+    assert table.loc["DDPM", "FID ↓"] == 12.3 and table.loc["DDPM", "IS ↑"] == 3.21  # FID to one decimal
+    assert table.loc["noise", "training time (s)"] == "" and table.loc["noise", "ms per sample"] == ""
+    assert table.loc["noise", "bits/dim (test)"] == "" and not table.isna().any().any()  # no model, no likelihood
 
 
 def test_image_study_uses_chapter_6s_ddpm_stopped_early():
@@ -233,13 +275,16 @@ def test_image_table_shows_seed_means_and_seed_table_their_range():
             dict(model="VAE", eval=evals, bpd=bpds, train_seconds=[40.0, 44.0, 42.0], updates="1,000 x 32"),
             dict(model="DDPM", eval=evals[:1], bpd=bpds[:1], train_seconds=[100.0], updates="1,000 x 32")]
     table = compare.image_table(rows)
-    assert table.loc["GAN", "FID"] == 12.0 and table.loc["GAN", "KID × 10³"] == "12.0" and table.loc["GAN", "IS"] == 3.2
+    assert table.loc["GAN", "FID ↓"] == 12.0 and table.loc["GAN", "KID × 10³ ↓"] == "12.0" and table.loc["GAN", "IS ↑"] == 3.2
     assert table.loc["VAE", "bits/dim (test)"] == "1.60" and table.loc["GAN", "bits/dim (test)"] == "none"
-    assert table.loc["GAN", "training s"] == "42.0" and table.loc["GAN", "seeds"] == 3 and table.loc["DDPM", "seeds"] == 1
-    assert table.loc["DDPM", "KID × 10³"] == "10.0 ± 1.0" and table.loc["DDPM", "bits/dim (test)"] == "1.50 ± 0.10"
+    assert table.loc["GAN", "training time (s)"] == "42.0" and table.loc["GAN", "seeds"] == 3 and table.loc["DDPM", "seeds"] == 1
+    assert table.loc["DDPM", "KID × 10³ ↓"] == "10.0 ± 1.0" and table.loc["DDPM", "bits/dim (test)"] == "1.50 ± 0.10"
     seeds = compare.seed_table(rows)
     assert list(seeds.index) == ["GAN", "VAE"]  # the DDPM has one run
     assert seeds.loc["VAE", "FID min"] == 10.0 and seeds.loc["VAE", "FID max"] == 14.0
+    worse = [SimpleNamespace(fid=f, is_mean=2.0, kid_mean=0.01, kid_std=0.001) for f in (22.949, 26.26)]
+    spread = compare.seed_table([dict(model="GAN", eval=worse, bpd=[{"bpd": None}] * 2)])
+    assert (spread.loc["GAN", "FID min"], spread.loc["GAN", "FID max"]) == (22.9, 26.3)  # as the text rounds
     assert seeds.loc["VAE", "KID × 10³ max"] == 14.0 and seeds.loc["VAE", "bits/dim min"] == 1.5
     assert seeds.loc["GAN", "bits/dim min"] == "" and not seeds.isna().any().any()
 
