@@ -430,8 +430,8 @@ _NBSP = "\u00a0"
 
 
 def _compact_cells(header: list[str], rows: list[list[str]], results: list[EvalResult]) -> tuple[list, list, int | None]:
-    """The table's cells for the book's narrow page: short FID/KID headers, "mean ± std" kept on one
-    line (non-breaking spaces), and the bits/dim cells without "(N images)" when every bound used
+    """The table's cells for the book's narrow page: short FID/KID headers, "± std" kept together (a
+    non-breaking space; a narrow column wraps before the ±, never inside "± std"), and the bits/dim cells without "(N images)" when every bound used
     the same N (returned, for the caption to state once; None otherwise)."""
     counts = {r.bpd_examples for r in results if r.bpd is not None}
     shared_n = counts.pop() if len(counts) == 1 else None
@@ -441,7 +441,7 @@ def _compact_cells(header: list[str], rows: list[list[str]], results: list[EvalR
         cells = list(cells)
         if shared_n is not None and j_bpd is not None:
             cells[j_bpd] = cells[j_bpd].removesuffix(f" ({shared_n} images)")
-        out.append([c.replace(" ± ", f"{_NBSP}±{_NBSP}") for c in cells])
+        out.append([c.replace(" ± ", f" ±{_NBSP}") for c in cells])  # may wrap before the ±
     return [_SHORT_HEADER.get(h, h) for h in header], out, shared_n
 
 
@@ -449,8 +449,8 @@ def results_table(results: list[EvalResult], caption: str | None = None) -> _pap
     """One row per :class:`EvalResult`; the caption names the dataset, the reference set and how
     FID/IS/KID were computed, so the numbers cannot be read without their extractor and sample count.
     With the default caption, the feature-extractor and profile columns are left out when every row
-    has the same value (the caption states it), FID and KID get short headers, "mean ± std" stays on
-    one line and a bits/dim image count shared by every row moves to the caption; a given
+    has the same value (the caption states it), FID and KID get short headers, "± std" stays
+    together and a bits/dim image count shared by every row moves to the caption; a given
     ``caption`` keeps every column and cell as :meth:`EvalResult.row` writes it."""
     if not results:
         raise ValueError("results_table needs at least one EvalResult")

@@ -329,9 +329,9 @@ def compare(
     :param digits: decimals for the book's floats.
     :param caption: text under the table.
     :return: a :class:`Table` with columns quantity, paper, paper source, this book, profile,
-        dataset, feature extractor, samples. With several rows, a column of the book's setting
-        whose value every row shares is left out and stated once after the caption (a table of
-        eight columns is wider than the book's page).
+        dataset, feature extractor, samples. With several rows, the paper-source column and each
+        column of the book's setting whose value every row shares are left out and stated once
+        after the caption (a table of eight columns is wider than the book's page).
     """
     defaults = dict(profile=profile, dataset=dataset, extractor=extractor, n_samples=n_samples)
     header = ["quantity", "paper", "paper source", "this book", "profile", "dataset",
@@ -358,10 +358,12 @@ def compare(
             _fmt(setting_["profile"]), _fmt(setting_["dataset"]), _fmt(setting_["extractor"]),
             f"{n:,}" if isinstance(n, int) else _fmt(n),
         ])
-    header, body, shared = drop_shared_columns(header, body, header[4:], min_rows=2)
+    header, body, shared = drop_shared_columns(header, body, [header[2]] + header[4:], min_rows=2)
+    source = shared.pop("paper source", "")
     said = ", ".join(f"{h} {v}" for h, v in shared.items() if v)  # an empty column just goes
     legend = mark_legend(r["paper"].mark for r in rows if isinstance(r.get("paper"), PaperValue))
-    for extra in [f"All the book's numbers: {said}." if said else "", legend]:
+    for extra in [f"Every paper number from {source}." if source else "",
+                  f"All the book's numbers: {said}." if said else "", legend]:
         if extra:
             caption = (caption.rstrip() + " " if caption.strip() else "") + extra
     return html_table(header, body, caption=caption)

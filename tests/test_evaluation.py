@@ -168,11 +168,12 @@ def test_evaluate_table_names_the_extractor_the_sample_count_and_the_profile(ext
     assert replace(real, kid_mean=1615.2, kid_std=1.99).row()[kid] == "1,615 ± 2"
     assert replace(real, kid_mean=0.07421, kid_std=0.00311).row()[kid] == "0.0742 ± 0.0031"
     assert replace(real, fid=1207.744).row()[evaluation.EvalResult.HEADER.index("FID (vs train)")] == "1,207.74"
-    # the book's table: short FID/KID headers, "mean ± std" on one line, one bits/dim image count in
+    # the book's table: short FID/KID headers, "± std" kept together, one bits/dim image count in
     # the caption instead of every cell
     html = both._repr_html_()
     assert "<th>FID</th>" in html and "<th>KID</th>" in html and "(vs train)" not in html
-    assert "\u00a0±\u00a0" in html and " ± " not in html.split("</caption>")[1]
+    body = html.split("</caption>")[1]
+    assert " ±\u00a0" in body and " ± " not in body and "±\n" not in body
     assert "(8 images)" not in html and "Bits/dim on 8 test images: strided over K = 5" in html
     assert "(8 images)" in given and "FID (vs train)" in given  # a given caption keeps the cells as they are
 

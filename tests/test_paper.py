@@ -135,6 +135,19 @@ def test_compare_states_a_setting_that_every_row_shares_once():
     assert "| dataset |" in str(t) and str(t).splitlines()[-1].startswith("All the book's numbers: profile cpu. Marks: ")
 
 
+def test_compare_states_a_paper_source_that_every_row_shares_once():
+    rows = [{"quantity": q, "paper": paper.ref("ho2020_table1", q, model="DDPM, L_simple"), "book": v}
+            for q, v in [("FID", 41.2), ("IS", 4.3)]]
+    t = paper.compare(rows, profile="cpu", dataset="mnist5k", extractor="offline classifier", n_samples=200)
+    header = [c.strip() for c in str(t).splitlines()[0].strip("|").split("|")]
+    assert header == ["quantity", "paper", "this book"]
+    assert str(t).splitlines()[-1].startswith(
+        "Every paper number from Ho et al. 2020, Table 1, arXiv:2006.11239 (CIFAR-10). All the book's numbers: ")
+    # one row: nothing is shared, every column stays
+    assert "| paper source |" in str(paper.compare(rows[:1], profile="cpu", dataset="mnist5k",
+                                                   extractor="offline classifier", n_samples=200))
+
+
 def test_compare_refuses_a_book_number_without_its_setting():
     with pytest.raises(ValueError, match="extractor"):
         paper.compare([{"quantity": "FID", "paper": 3.17, "book": 40.0}],
