@@ -731,15 +731,25 @@ def cpu_name(result: dict) -> str:
     return re.sub(r"\s+", " ", name).strip() or "unknown CPU"
 
 
+def _when(machine: dict) -> str:
+    """A run's date as ``YYYY-MM-DD HH:MM`` (UTC)."""
+    return machine["date"][:16].replace("T", " ")
+
+
+def _threads(n: int, what: str = "thread") -> str:
+    """"1 thread", "2 threads" (or another ``what``)."""
+    return f"{n} {what}{'s' if n != 1 else ''}"
+
+
 def machine_text(result: dict) -> str:
     """Where and when a :func:`run` result was measured, as one caption sentence: the date (UTC)
     and the GPU, or the processor, its cores, PyTorch's threads and the load average at the start."""
     m = result["machine"]
-    when = m["date"][:16].replace("T", " ") + " UTC"
+    when = _when(m) + " UTC"
     if m.get("gpu"):
         return f"Measured {when} on an {m['gpu']}."
-    return (f"Measured {when} on an {cpu_name(result)}, {m['cpu_count']} cores, {m['torch_threads']} PyTorch "
-            f"thread{'s' if m['torch_threads'] != 1 else ''}, load average {m['load_average'][0]:.1f} at the start.")
+    return (f"Measured {when} on an {cpu_name(result)}, {m['cpu_count']} cores, "
+            f"{_threads(m['torch_threads'], 'PyTorch thread')}, load average {m['load_average'][0]:.1f} at the start.")
 
 
 def summary_html(rows: list[dict], caption: str = "") -> str:
@@ -811,8 +821,8 @@ def history_html(saved: list[tuple[Path, dict]], caption: str = "") -> str:
         for i, kind in enumerate(kinds):
             cells = []
             if i == 0:
-                cells.append(f'<td rowspan="{len(kinds)}" style="white-space: nowrap">{m["date"][:10]} '
-                             f'{m["date"][11:16]}<br>{m["torch_threads"]} thread{"s" if m["torch_threads"] != 1 else ""}, '
+                cells.append(f'<td rowspan="{len(kinds)}" style="white-space: nowrap">{_when(m)}'
+                             f'<br>{_threads(m["torch_threads"])}, '
                              f'load {m["load_average"][0]:.1f}</td>')
             cells.append(kind)
             for p in presets:
@@ -839,7 +849,7 @@ def network_history(saved: list[tuple[Path, dict]], preset: str) -> list[tuple[s
     for _, res in saved:
         case = next((c for c in res.get("training", []) + res.get("sampling", []) if c["preset"] == preset), None)
         if case is not None and (not out or out[-1][1:] != (case["parameters"], case["batch"])):
-            out.append((res["machine"]["date"][:16].replace("T", " "), case["parameters"], case["batch"]))
+            out.append((_when(res["machine"]), case["parameters"], case["batch"]))
     return out
 
 

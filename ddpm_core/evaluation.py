@@ -297,7 +297,7 @@ def rate_distortion_table(rd: dict) -> _paper.Table:
         body = [cells[:3] + cells[4:] for cells in body]
     caption = (f"Progressive lossy compression. Paper: {_paper.cite('ho2020_table4')}, CIFAR-10 test set, T = 1000. "
                f"Book: {rd['n']} test images, {rd['method']}. RMSE on the 0..255 scale. "
-               + _paper.mark_legend(r["mark"] for r in _paper.table("ho2020_table4")))
+               + _paper.mark_legend(r["mark"] for r in rows))
     return _paper.html_table(header, body, caption)
 
 
@@ -430,9 +430,10 @@ _NBSP = "\u00a0"
 
 
 def _compact_cells(header: list[str], rows: list[list[str]], results: list[EvalResult]) -> tuple[list, list, int | None]:
-    """The table's cells for the book's narrow page: short FID/KID headers, "± std" kept together (a
-    non-breaking space; a narrow column wraps before the ±, never inside "± std"), and the bits/dim cells without "(N images)" when every bound used
-    the same N (returned, for the caption to state once; None otherwise)."""
+    """The table's cells for the book's narrow page: short FID/KID headers, "± std" kept together
+    (a non-breaking space; a narrow column wraps before the ±, never inside "± std"), and the
+    bits/dim cells without "(N images)" when every bound used the same N (returned, for the caption
+    to state once; None otherwise)."""
     counts = {r.bpd_examples for r in results if r.bpd is not None}
     shared_n = counts.pop() if len(counts) == 1 else None
     j_bpd = header.index("bits/dim (test)") if "bits/dim (test)" in header else None
@@ -806,7 +807,9 @@ def claims_table(results: dict) -> _paper.Table:
         :func:`rate_distortion` (claim f). A claim whose models are missing is listed as not measured.
     :return: a ``paper.Table`` with columns claim, paper, this book, holds here, followed by the
         list of rules (:data:`CLAIM_RULES`). Its attribute ``verdicts`` maps each claim letter to
-        True/False/None (not measured) or :data:`PARTLY`, and ``rows`` holds the cells.
+        True/False/None (not measured) or :data:`PARTLY`, ``rows`` holds the cells and
+        ``few_step_ratios`` the FID ratios of claim (e), FID(few steps) / FID(full steps), of
+        ``eps-simple`` and ``hybrid-learned`` (None where not measured).
 
     Decision rules, fixed before measuring: (a) FID(eps-simple) < FID(eps-vlb-fixed); (b) holds if
     mu-simple diverged, and holds in part (verdict :data:`PARTLY`, shown "in part") if it trained
@@ -875,11 +878,12 @@ def claims_table(results: dict) -> _paper.Table:
     # (e)
     fs_few, fh, fh_few = get("eps-simple", "fid_few"), get("hybrid-learned", "fid"), get("hybrid-learned", "fid_few")
     if None in (fa, fs_few, fh, fh_few):
-        verdicts["e"] = None
+        verdicts["e"], few_step_ratios = None, None
         book_e = "n/a"
     else:
         ratio_s, ratio_h = fs_few / max(fa, 1e-12), fh_few / max(fh, 1e-12)
         verdicts["e"] = ratio_h < FEW_STEP_MARGIN * ratio_s
+        few_step_ratios = {"eps-simple": ratio_s, "hybrid-learned": ratio_h}
         book_e = (f"FID {s.get('steps')} -> {s.get('few_steps')} steps: {_f(fa)} -> {_f(fs_few)} (×{ratio_s:.2f}, "
                   f"eps-simple) vs {_f(fh)} -> {_f(fh_few)} (×{ratio_h:.2f}, hybrid-learned); "
                   f"ratio of the two {ratio_h / ratio_s:.2f}")
@@ -918,5 +922,6 @@ def claims_table(results: dict) -> _paper.Table:
     grid = _paper.html_table(["claim", "paper", "this book", "holds here"], body, caption)
     table = _paper.Table(str(grid) + "\n\n" + _rules("md"), grid.html + "\n" + _rules("html"))
     table.verdicts = verdicts
+    table.few_step_ratios = few_step_ratios
     table.rows = body
     return table

@@ -163,6 +163,14 @@ def sci(x: float, digits: int = 2) -> str:
     return f"{mantissa} × 10{str(int(exponent)).translate(_SUPERSCRIPT)}"
 
 
+def and_list(items: Sequence[str], word: str = "and") -> str:
+    """Items as an English list for prose: "a", "a and b", "a, b and c" (``word`` "or": "a or b")."""
+    items = [str(i) for i in items]
+    if not items:
+        raise ValueError("and_list needs at least one item")
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} " + items[-1]
+
+
 def glue_sci(*names: str, digits: int = 2) -> None:
     """Glue ``<name>_sci``, the text :func:`sci` of each number already glued as ``name``, for prose
     that should not read "4.0e-05"."""

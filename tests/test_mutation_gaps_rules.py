@@ -41,6 +41,8 @@ def test_claims_a_b_d_e_follow_the_rules_at_the_values_that_separate_them():
     # hybrid FID 20 -> 40 (x2) against eps-simple 5 -> 20 (x4): 2 < 0.85 * 4, the claim holds
     e = evaluation.claims_table(_claims(**{"hybrid-learned": dict(fid=20.0, fid_few=40.0)}))
     assert e.verdicts["e"] is True and "×2.00, hybrid-learned" in e.rows[4][2] and "×4.00, eps-simple" in e.rows[4][2]
+    assert e.few_step_ratios == {"eps-simple": 4.0, "hybrid-learned": 2.0}  # the ratios the verdict used
+    assert evaluation.claims_table(_claims(**{"hybrid-learned": dict(fid_few=None)})).few_step_ratios is None
 
 
 def _rd(rate, rmse, distortion=0.4, n=16):

@@ -17,6 +17,14 @@ def _batch(n=5, c=3, h=6, w=4, seed=0):
     return torch.rand(n, c, h, w, generator=g) * 2 - 1
 
 
+def test_and_list_writes_an_english_list():
+    assert viz.and_list(["(a)"]) == "(a)"
+    assert viz.and_list(["a", "b"]) == "a and b"
+    assert viz.and_list(["a", "b", "c"], "or") == "a, b or c"
+    with pytest.raises(ValueError, match="at least one"):
+        viz.and_list([])
+
+
 def test_to_uint8_maps_the_range_and_clips():
     x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
     out = viz.to_uint8(x)
