@@ -128,7 +128,9 @@ def _prepare(v: Variant, device: torch.device) -> Callable:
     if v.channels_last is not None:
         net = net.to(memory_format=torch.channels_last if v.channels_last else torch.contiguous_format)
     v.net = net
-    fn = torch.compile(net, mode=v.compile_mode) if v.compile else net
+    # static shapes: each preset and batch compiles its own code (after a first shape, PyTorch would
+    # otherwise compile symbolic shapes, which failed in inductor for the CPU training step)
+    fn = torch.compile(net, mode=v.compile_mode, dynamic=False) if v.compile else net
     if v.diffusers:
         return lambda x_t, t: fn(x_t, t).sample
     return fn
@@ -146,10 +148,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _ratio_paired(variants: dict) -> float:
-    """ddpm_core / diffusers throughput as the median over rounds of each round's ratio: the two
-    steps of a round ran seconds apart, under nearly the same load from other programs."""
-    ours, theirs = variants["ddpm_core"]["wall_s"], variants["diffusers"]["wall_s"]
+def _ratio_paired(variants: dict, name: str = "ddpm_core") -> float:
+    """``name`` / diffusers throughput as the median over rounds of each round's ratio: the two
+    steps of a round ran seconds apart, under nearly the same load from other programs. A
+    captured variant, timed in rounds of its own, has its ratio over those (``ratio_paired_diffusers``)."""
+    if "ratio_paired_diffusers" in variants[name]:
+        return variants[name]["ratio_paired_diffusers"]
+    ours, theirs = variants[name]["wall_s"], variants["diffusers"]["wall_s"]
     return statistics.median(b / a for a, b in zip(ours, theirs))
 
 
@@ -335,11 +340,13 @@ def _variants(ours: nn.Module, theirs: nn.Module, kind: str, device: torch.devic
     vs = [Variant("ddpm_core", ours)]
     if cuda and kind == "sampling":
         vs.append(Variant("ddpm_core+graph", copy.deepcopy(ours), cuda_graph=True))
-    if cuda and kind == "training":  # compile does not pay on a small CPU (bench_cpu_settings)
+    if cuda and kind == "training":  # compiled training does not pay on a small CPU (bench_cpu_settings)
         vs.append(Variant("ddpm_core+graph", copy.deepcopy(ours), cuda_graph=True))
         if compile_ok:
             vs.append(Variant("ddpm_core+compile", copy.deepcopy(ours), compile=True))
             vs.append(Variant("ddpm_core+compile+graph", copy.deepcopy(ours), compile=True, cuda_graph=True))
+    if not cuda and kind == "sampling" and compile_ok:  # pays on a CPU for sampling only (bench_cpu_settings)
+        vs.append(Variant("ddpm_core+compile", copy.deepcopy(ours), compile=True))
     vs.append(Variant("ddpm_core-nchw", copy.deepcopy(ours), channels_last=False))
     vs.append(Variant("diffusers", theirs, diffusers=True))
     vs.append(Variant("diffusers-cl", copy.deepcopy(theirs), diffusers=True, channels_last=True))
@@ -416,7 +423,9 @@ def bench_case(preset: str, batch: int, kind: str, device: torch.device, repeats
                 ratio=variants["ddpm_core"]["images_per_s"] / base["images_per_s"],
                 ratio_cpu_time=base["cpu_step_s"] / variants["ddpm_core"]["cpu_step_s"],
                 ratio_paired=_ratio_paired(variants),
-                ratio_best=variants[best]["images_per_s"] / base["images_per_s"])
+                ratio_best=variants[best]["images_per_s"] / base["images_per_s"],
+                ratio_best_cpu_time=base["cpu_step_s"] / variants[best]["cpu_step_s"],
+                ratio_best_paired=_ratio_paired(variants, best))
 
 
 # ---------------------------------------------------------------------- CPU settings
@@ -597,6 +606,8 @@ def run(device: str | torch.device | None = None, cases: list | None = None, kin
         time limit then loses only the case in progress).
     :param compile_presets: presets that also get a ``torch.compile`` variant on CUDA (compiling
         takes a minute or more per network and kind).
+    :param cpu_compile: on a CPU, time compiled sampling (``ddpm_core+compile``, every preset) and
+        compiled training (in the CPU settings); each compiles for tens of seconds on two cores.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -611,8 +622,8 @@ def run(device: str | torch.device | None = None, cases: list | None = None, kin
         for kind in kinds:
             if progress:
                 print(f"[bench] {kind} {preset} batch {batch} on {device.type} ...", file=sys.stderr, flush=True)
-            result[kind].append(bench_case(preset, batch, kind, device, repeats, inner, warmup,
-                                           preset in compile_presets, overrides))
+            compile_ok = preset in compile_presets if device.type == "cuda" else cpu_compile
+            result[kind].append(bench_case(preset, batch, kind, device, repeats, inner, warmup, compile_ok, overrides))
             if partial is not None:
                 Path(partial).write_text(json.dumps(result, indent=1) + "\n")
     if settings and device.type == "cpu":
@@ -649,6 +660,8 @@ def format_table(result: dict) -> str:
             lines.append(f"  ddpm_core / diffusers: {case['ratio']:.2f}x (wall), {case['ratio_cpu_time']:.2f}x (cpu time), "
                          f"{_ratio_paired(case['variants']):.2f}x (paired rounds);"
                          f" best ({case['best']}): {case['ratio_best']:.2f}x")
+            if case["best"] != "ddpm_core" and "ratio_best_cpu_time" in case:
+                lines[-1] += f", {case['ratio_best_cpu_time']:.2f}x (cpu time), {case['ratio_best_paired']:.2f}x (paired)"
     if "cpu_settings" in result:
         s = result["cpu_settings"]
         lines.append(f"\nCPU settings, ddpm_core training {s['preset']} batch {s['batch']} (img/s):")
@@ -668,18 +681,27 @@ def format_table(result: dict) -> str:
 
 
 def summary_rows(result: dict) -> list[dict]:
-    """One row per (kind, preset) of a :func:`run` result: the package as the book runs it
-    against diffusers, the best of the package's variants, and (on CUDA) MFU and peak memory."""
+    """One row per (kind, preset) of a :func:`run` result: the package called eagerly against
+    diffusers (``ratio``, ``ratio_cpu_time``, ``ratio_paired``), the fastest of the package's ways
+    of running (``best``, its throughput ``best_rate`` and the same three ratios ``ratio_best...``),
+    and (on CUDA) MFU and peak memory."""
     rows = []
     for kind in ("training", "sampling"):
         for case in result.get(kind, []):
             ours, theirs, best = (case["variants"][n] for n in ("ddpm_core", "diffusers", case["best"]))
+            paired = _ratio_paired(case["variants"])
+            if case["best"] == "ddpm_core":
+                best_cpu, best_paired = case["ratio_cpu_time"], paired
+            else:  # runs saved before these were stored: from the variant's own times
+                best_cpu = case.get("ratio_best_cpu_time") or theirs["cpu_step_s"] / best["cpu_step_s"]
+                best_paired = case.get("ratio_best_paired") or _ratio_paired(case["variants"], case["best"])
             rows.append(dict(kind=kind, preset=case["preset"], batch=case["batch"], precision=case["precision"],
                              parameters=case["parameters"], ddpm_core=ours["images_per_s"],
                              diffusers=theirs["images_per_s"], ratio=case["ratio"], ratio_cpu_time=case["ratio_cpu_time"],
-                             ratio_paired=_ratio_paired(case["variants"]),
-                             best=case["best"], ratio_best=case["ratio_best"], mfu=best.get("mfu"),
-                             peak_gib=(best.get("memory") or {}).get("peak_gib"), load=case["load_before"][0]))
+                             ratio_paired=paired, best=case["best"], best_rate=best["images_per_s"],
+                             ratio_best=case["ratio_best"], ratio_best_cpu_time=best_cpu, ratio_best_paired=best_paired,
+                             mfu=best.get("mfu"), peak_gib=(best.get("memory") or {}).get("peak_gib"),
+                             load=case["load_before"][0]))
     return rows
 
 
@@ -755,41 +777,50 @@ def machine_text(result: dict) -> str:
 def summary_html(rows: list[dict], caption: str = "") -> str:
     """:func:`summary_rows` as an HTML table (images / s; ratios ddpm_core over diffusers), narrow
     enough for the book's text column: the rows grouped by kind, each preset with its compact
-    parameter count and batch, on a CPU the three ratios (wall clock, CPU time, paired rounds) side
-    by side, on a GPU the fastest of the package's modes, its MFU and peak memory. ``caption``
-    (e.g. :func:`machine_text`) follows the caption's sentence on units."""
+    parameter count and batch. On a CPU the three ratios (wall clock, CPU time, paired rounds) side
+    by side, of the package's fastest mode (named in a mode column where one row is not eager); on a
+    GPU the eager ratio, the fastest of the package's modes and its ratio, MFU and peak memory.
+    ``caption`` (e.g. :func:`machine_text`) follows the caption's sentence on units."""
     gpu = any(r["mfu"] is not None for r in rows)
     others = any(r["best"] != "ddpm_core" for r in rows)  # a compiled or graphed variant was fastest somewhere
-    # on a GPU the host's CPU time and the paired rounds add nothing to the wall-clock ratio
-    ratios = ["wall clock"] + ([] if gpu else ["CPU time", "paired rounds"])
-    tail = (["fastest mode", "its ratio"] if others else []) + (["MFU", "peak GiB"] if gpu else [])
     span = lambda h: f'<th rowspan="2">{h}</th>'
-    ratio_head = span("ratio") if gpu else f'<th colspan="{len(ratios)}">ratio ddpm_core / diffusers</th>'
-    head_rows = ["<tr>" + span("preset") + '<th colspan="2">images / s</th>' + ratio_head
-                 + "".join(span(h) for h in tail) + "</tr>",
-                 "<tr><th>ddpm_core</th><th>diffusers</th>" + ("" if gpu else "".join(f"<th>{h}</th>" for h in ratios))
-                 + "</tr>"]
-    width = 3 + len(ratios) + len(tail)
+    mode_of = lambda r: r["best"].removeprefix("ddpm_core").lstrip("+") or "eager"
+    code = lambda mode: f"<code>{mode.replace('+', '+<wbr>')}</code>"
+    if gpu:  # the host's CPU time and the paired rounds add nothing to the wall-clock ratio
+        tail = (["fastest mode", "its ratio"] if others else []) + ["MFU", "peak GiB"]
+        head_rows = ["<tr>" + span("preset") + '<th colspan="2">images / s</th>' + span("ratio")
+                     + "".join(span(h) for h in tail) + "</tr>", "<tr><th>ddpm_core</th><th>diffusers</th></tr>"]
+        width = 4 + len(tail)
+    else:
+        ratios = ["wall clock", "CPU time", "paired rounds"]
+        head_rows = ["<tr>" + span("preset") + (span("mode") if others else "") + '<th colspan="2">images / s</th>'
+                     + '<th colspan="3">ratio ddpm_core / diffusers</th></tr>',
+                     "<tr><th>ddpm_core</th><th>diffusers</th>" + "".join(f"<th>{h}</th>" for h in ratios) + "</tr>"]
+        width = 5 + others
     body = []
     for kind in dict.fromkeys(r["kind"] for r in rows):
         body.append([f'<th colspan="{width}">{kind}</th>'])
         for r in (r for r in rows if r["kind"] == kind):
             cells = [f'{_name(r["preset"])}<br><span style="white-space: nowrap">{_compact_count(r["parameters"])}, '
-                     f'batch {r["batch"]}</span>', _rate(r["ddpm_core"]), _rate(r["diffusers"]), f"{r['ratio']:.2f}x"]
-            if not gpu:
-                cells += [f"{r['ratio_cpu_time']:.2f}x", f"{r['ratio_paired']:.2f}x"]
-            if others:
-                mode = r["best"].removeprefix("ddpm_core").lstrip("+") or "eager"
-                cells += [f"<code>{mode.replace('+', '+<wbr>')}</code>", f"{r['ratio_best']:.2f}x"]
+                     f'batch {r["batch"]}</span>']
             if gpu:
+                cells += [_rate(r["ddpm_core"]), _rate(r["diffusers"]), f"{r['ratio']:.2f}x"]
+                if others:
+                    cells += [code(mode_of(r)), f"{r['ratio_best']:.2f}x"]
                 cells += [_percent(r["mfu"]) if r["mfu"] is not None else "-",
                           f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"]
+            else:
+                cells += ([code(mode_of(r))] if others else []) + [_rate(r["best_rate"]), _rate(r["diffusers"])]
+                cells += [f"{r[k]:.2f}x" for k in ("ratio_best", "ratio_best_cpu_time", "ratio_best_paired")]
             body.append(cells)
     units = ("Throughput in images per second (sampling: images through one reverse step); under each "
              "preset its parameter count (exact on hover) and batch.")
-    if others:
+    if others and gpu:
         units += (" Fastest mode: the fastest way the package ran, eager or with compile (torch.compile) "
                   "and graph (replayed from a CUDA graph).")
+    elif others:
+        units += (" Mode: the fastest way the package ran, eager or compile (torch.compile); its throughput "
+                  "and ratios are shown (every variant in the next table).")
     return _html_table([], body, f"{units} {caption}".strip(), head_rows)
 
 
@@ -836,8 +867,8 @@ def history_html(saved: list[tuple[Path, dict]], caption: str = "") -> str:
         if len(seen) > 1:
             changes.append(f"{_name(p)}: " + ", ".join(
                 f"{_compact_count(n)} parameters at batch {b} from {date}" for date, n, b in seen))
-    text = ("Each cell: ddpm_core's throughput over diffusers' by wall clock · by CPU time · by paired "
-            "rounds. Run dates in UTC. "
+    text = ("Each cell: ddpm_core's throughput (eager) over diffusers' by wall clock · by CPU time · by "
+            "paired rounds. Run dates in UTC. "
             + (f"The presets changed between runs ({'; '.join(changes)}). " if changes else "") + caption).strip()
     return _html_table(["run", "kind"] + [_name(p) for p in presets], body, text)
 
@@ -984,7 +1015,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--compile-presets", default="ddpm-cifar10",
                         help="comma-separated presets with a torch.compile variant on CUDA ('' for none)")
-    parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (its first step compiles: seconds to minutes)")
+    parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU: compiled sampling of every preset and compiled "
+                             "training in the CPU settings (each first step compiles: seconds to minutes)")
     parser.add_argument("--kinds", default="training,sampling",
                         help="what to time: training, sampling or both (comma-separated)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation costs")

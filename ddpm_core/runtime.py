@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -162,3 +163,30 @@ def _call(fn, job: tuple):
         return fn(*job)
     except Exception as e:  # noqa: BLE001 - reported to the caller, who retries in-process
         return f"{type(e).__name__}: {e}"
+
+
+def compiled_or_eager(net: torch.nn.Module, what: str = "running") -> Callable:
+    """``torch.compile(net)`` (static shapes), or ``net`` itself where compiling fails (no C++ compiler, an
+    unsupported platform): compilation happens at the first call, so the first call falls back to
+    the eager network with a warning and every later call uses it. An error that the eager
+    network raises too (a wrong input shape) is raised as usual.
+
+    :param what: what the network is used for, in the warnings ("training", "sampling").
+    """
+    try:
+        compiled = torch.compile(net, dynamic=False)  # static shapes: a new batch shape compiles anew
+    except Exception as e:  # torch.compile itself unavailable (e.g. an unsupported Python)
+        warnings.warn(f"torch.compile is unavailable ({type(e).__name__}: {e}); {what} eagerly")
+        return net
+    chosen = {}  # "fn": the compiled network once its first call worked, else the eager one
+
+    def forward(x_t, t):
+        if "fn" in chosen:
+            return chosen["fn"](x_t, t)
+        try:
+            out, chosen["fn"] = compiled(x_t, t), compiled
+        except Exception as e:
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:300]}); {what} eagerly")
+            out, chosen["fn"] = net(x_t, t), net
+        return out
+    return forward

@@ -495,27 +495,8 @@ def _distributed_setup(config: TrainConfig):
 
 
 def compiled_or_eager(net: nn.Module) -> Callable:
-    """``torch.compile(net)``, or ``net`` itself where compiling fails (no C++ compiler, an
-    unsupported platform): compilation happens at the first call, so the first call falls back to
-    the eager network with a warning and every later call uses it. An error that the eager
-    network raises too (a wrong input shape) is raised as usual."""
-    try:
-        compiled = torch.compile(net)
-    except Exception as e:  # torch.compile itself unavailable (e.g. an unsupported Python)
-        warnings.warn(f"torch.compile is unavailable ({type(e).__name__}: {e}); training eagerly")
-        return net
-    chosen = {}  # "fn": the compiled network once its first call worked, else the eager one
-
-    def forward(x_t, t):
-        if "fn" in chosen:
-            return chosen["fn"](x_t, t)
-        try:
-            out, chosen["fn"] = compiled(x_t, t), compiled
-        except Exception as e:
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:300]}); training eagerly")
-            out, chosen["fn"] = net(x_t, t), net
-        return out
-    return forward
+    """``runtime.compiled_or_eager(net, "training")``: ``torch.compile(net)``, eager where compiling fails."""
+    return runtime.compiled_or_eager(net, "training")
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:

@@ -1,6 +1,7 @@
 """Tests of ddpm_core.bench: the diffusers twin of every preset, the end-to-end benchmark on a tiny
 configuration (table and JSON), and the strided bits/dim estimate."""
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -235,11 +236,19 @@ def test_summary_html_fits_a_text_column():
     assert "<code>compile+<wbr>graph</code>" in gpu and "16.3%" in gpu and "0.037%" in gpu  # ddpm_core+compile+graph
     assert ">training</th>" in gpu and ">sampling</th>" in gpu and gpu.count("<tr><td>") == 2
     assert "CPU time" not in gpu and "paired" not in gpu and "<b>" not in gpu
-    cpu = bench.summary_html([dict(row, preset="cpu-mnist", parameters=280_177, best="ddpm_core", mfu=None,
-                                   peak_gib=None)])
+    eager = dict(row, preset="cpu-mnist", parameters=280_177, best="ddpm_core", best_rate=1885.6, mfu=None,
+                 peak_gib=None, ratio_best=1.13, ratio_best_cpu_time=1.1, ratio_best_paired=1.12)
+    cpu = bench.summary_html([eager])
     assert ">280k</span>" in cpu and "<th>CPU time</th>" in cpu and "<th>paired rounds</th>" in cpu
     assert "<td>1.13x</td><td>1.10x</td><td>1.12x</td>" in cpu and "<b>" not in cpu
-    assert "fastest mode" in gpu and "fastest mode" not in cpu and "MFU" not in cpu
+    assert "fastest mode" in gpu and "fastest mode" not in cpu and "MFU" not in cpu and "mode" not in cpu
+    # a compiled CPU row: the mode is named and its throughput and three ratios are shown, not the eager ones
+    compiled = dict(eager, kind="sampling", best="ddpm_core+compile", best_rate=3000.0, ratio_best=1.61,
+                    ratio_best_cpu_time=1.35, ratio_best_paired=1.63)
+    both = bench.summary_html([eager, compiled])
+    assert '<th rowspan="2">mode</th>' in both and both.count('colspan="6"') == 2  # the kind rows span it
+    assert "<td><code>eager</code></td><td>1,886</td>" in both
+    assert "<td><code>compile</code></td><td>3,000</td>" in both and "<td>1.61x</td><td>1.35x</td><td>1.63x</td>" in both
 
 
 def test_percentages_keep_two_significant_digits():
@@ -304,3 +313,37 @@ def test_saved_results_can_require_at_least_one_run(tmp_path):
     assert bench.saved_results("cpu", tmp_path) == []
     with pytest.raises(FileNotFoundError, match="python -m ddpm_core.bench"):
         bench.saved_results("cpu", tmp_path, required=True)
+
+
+def test_cpu_compile_adds_a_compiled_sampling_variant_whose_three_ratios_the_summary_shows(monkeypatch):
+    """With --cpu-compile, CPU sampling also times ``ddpm_core+compile`` (training does not: it does
+    not pay there); the fastest mode's wall-clock, CPU-time and paired ratios are recomputed from
+    planted per-round times, and summary_rows shows them."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: compiled.append(net) or net)  # no real compile
+    rounds = {"ddpm_core": ([2.0, 2.0, 4.0], [3.0, 3.0, 3.0]), "ddpm_core+compile": ([1.0, 2.0, 1.0], [2.0, 2.0, 2.0]),
+              "diffusers": ([3.0, 3.0, 3.0], [4.0, 4.0, 4.0])}
+
+    def planted(steps, device, repeats=5, inner=1, warmup=2):
+        out = {}
+        for name in steps:
+            wall, cpu = rounds.get(name, ([5.0] * 3, [5.0] * 3))
+            out[name] = dict(wall_s=wall, cpu_s=cpu, step_s=statistics.median(wall), cpu_step_s=statistics.median(cpu),
+                             warmup_s=0.0)
+        return out
+    monkeypatch.setattr(bench, "time_alternating", planted)
+    monkeypatch.setattr(bench, "count_flops", lambda fn: 1)
+    result = bench.run("cpu", cases=[("cpu-digits", 2, TINY)], repeats=3, warmup=1, settings=False,
+                       evaluation=False, progress=False, cpu_compile=True)
+    assert "ddpm_core+compile" not in result["training"][0]["variants"] and len(compiled) == 1
+    case = result["sampling"][0]
+    assert case["best"] == "ddpm_core+compile" and case["variants"]["ddpm_core+compile"]["compile"]
+    assert case["ratio_best"] == pytest.approx(3.0 / 1.0)         # median wall 1 s against 3 s
+    assert case["ratio_best_cpu_time"] == pytest.approx(4.0 / 2.0)
+    assert case["ratio_best_paired"] == pytest.approx(statistics.median([3.0, 1.5, 3.0]))
+    row = [r for r in bench.summary_rows(result) if r["kind"] == "sampling"][0]
+    assert (row["ratio"], row["best_rate"]) == (pytest.approx(3.0 / 2.0), pytest.approx(2.0))  # eager kept apart
+    assert (row["ratio_best_cpu_time"], row["ratio_best_paired"]) == (case["ratio_best_cpu_time"], case["ratio_best_paired"])
+    assert "ddpm_core+compile" not in bench.run("cpu", cases=[("cpu-digits", 2, TINY)], repeats=3, warmup=1,
+                                                settings=False, evaluation=False, progress=False,
+                                                kinds=("sampling",))["sampling"][0]["variants"]  # not by default

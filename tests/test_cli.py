@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from ddpm_core import sampling
 from ddpm_core import train as tr
 from ddpm_core.__main__ import build_parser, main
 
@@ -40,7 +42,7 @@ def test_module_help_runs_as_a_program():
     assert out.returncode == 0 and "train" in out.stdout and "sample" in out.stdout
 
 
-def test_train_then_sample_writes_a_checkpoint_and_pngs(tmp_path, capsys):
+def test_train_then_sample_writes_a_checkpoint_and_pngs(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--steps", "3", "--batch-size", "8",
                  "--T", "40", "--warmup-steps", "2", "--lr", "1e-3", "--ema-decay", "0.9", "--flip",
@@ -53,6 +55,22 @@ def test_train_then_sample_writes_a_checkpoint_and_pngs(tmp_path, capsys):
         assert main(["sample", "--checkpoint", str(run / "last.pt"), "--n", "4", "--out", str(png),
                      "--no-progress", *extra]) == 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --compile samples through sampling.Compiled: the same grid as eager sampling (torch.compile stubbed:
+    # the real compiler is tested in test_sampling)
+    wrapped = []
+    real = sampling.Compiled.__init__
+
+    def recording(self, net):
+        wrapped.append(net)
+        real(self, net)
+    monkeypatch.setattr(sampling.Compiled, "__init__", recording)
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: net)
+    pngs = [tmp_path / "eager.png", tmp_path / "compiled.png"]
+    for png, extra in zip(pngs, ([], ["--compile"])):
+        assert main(["sample", "--checkpoint", str(run / "last.pt"), "--n", "4", "--steps", "5", "--out", str(png),
+                     "--no-progress", *extra]) == 0
+    assert len(wrapped) == 1 and "compiled" in capsys.readouterr().out.splitlines()[-1]
+    assert pngs[0].read_bytes() == pngs[1].read_bytes()
     # a second train with more steps resumes the run
     assert main(["train", "--dataset", "digits", "--preset", "cpu-digits", "--steps", "4", "--batch-size", "8",
                  "--T", "40", "--warmup-steps", "2", "--lr", "1e-3", "--ema-decay", "0.9", "--flip",

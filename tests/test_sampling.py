@@ -1,4 +1,6 @@
 """Samplers: respacing semantics, reproducibility, errors, and the diffusers schedulers as oracle."""
+import warnings
+
 import pytest
 import torch
 
@@ -234,3 +236,53 @@ def test_ddpm_step_matches_diffusers_in_float32_away_from_the_first_steps(var_ty
         noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(step))
         ours, _, _ = sampling.ddpm_step(lambda x, t: model_out, d, x_t, step, noise)
         assert torch.allclose(ours, theirs, atol=1e-5), (step, float((ours - theirs).abs().max()))
+
+
+# ---------------------------------------------------------------------- compiled sampling
+def _perturbed_digits_net():
+    from ddpm_core.unet import UNet
+    torch.manual_seed(0)
+    net = UNet.from_preset("cpu-digits", base_channels=16, channel_mult=(1,), attention_resolutions=())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # the zero-initialised output layers predict something
+    return net
+
+
+@pytest.mark.slow  # inductor compiles C++ for tens of seconds on two cores
+def test_compiled_network_samples_what_the_eager_one_does():
+    net = _perturbed_digits_net().train()
+    fast = sampling.Compiled(net)
+    d = sampling.respace(diffusion.GaussianDiffusion(schedules.get_betas("linear", 1000)), 10)
+    eager = sampling.ddpm_sample(net, d, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to eager: it really compiled
+        compiled = sampling.ddpm_sample(fast, d, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    assert net.training and fast.training  # sampling gave back the training mode
+    assert (fast.in_channels, fast.image_size) == (1, 8)  # what evaluation.sample_images reads
+    assert list(fast.state_dict()) == ["net." + k for k in net.state_dict()]
+
+
+def test_compiled_falls_back_to_eager_sampling_with_a_warning(monkeypatch):
+    calls = []
+
+    def broken_compile(net, *args, **kwargs):
+        def fn(*a, **k):
+            calls.append(1)
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fn
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    net = _perturbed_digits_net()
+    d = sampling.respace(diffusion.GaussianDiffusion(schedules.get_betas("linear", 1000)), 5)
+    eager = sampling.ddpm_sample(net, d, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match="torch.compile failed.*no working C\\+\\+ compiler.*sampling eagerly"):
+        fallback = sampling.ddpm_sample(sampling.Compiled(net), d, (2, 1, 8, 8),
+                                        generator=torch.Generator().manual_seed(1))
+    assert calls == [1]  # tried once, then the eager network for every later step
+    assert torch.equal(fallback, eager)
+
+
+def test_compiled_takes_a_network_only():
+    with pytest.raises(TypeError, match="Compiled takes a network"):
+        sampling.Compiled(lambda x_t, t: x_t)
