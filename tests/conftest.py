@@ -37,6 +37,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def compile_fails(monkeypatch):
+    """``torch.compile`` as on a platform where inductor cannot build (no C++ compiler): compiling
+    succeeds, the first call fails. Yields the list of those calls."""
+    import torch
+
+    calls = []
+
+    def broken_compile(net, *args, **kwargs):
+        def fn(*a, **k):
+            calls.append(1)
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fn
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    yield calls
+
+
 # nbval waits at most 5 s for each output message of a cell once the cell has finished; a kernel
 # that has just trained a model on both cores can take longer to flush its progress bar's messages
 # (seen once: chapter 6's training cell failed with "Timeout of 5 seconds exceeded waiting for
