@@ -23,7 +23,8 @@ Variants: ``ddpm_core`` is the package's network called eagerly (channels-last w
 autocast); on CUDA also ``ddpm_core+graph`` (training: the whole update captured as one CUDA graph
 and replayed; sampling: the network replayed), ``ddpm_core+compile`` (training, ``torch.compile``)
 and ``ddpm_core+compile+graph`` (both: what ``TrainConfig(compile=True, cuda_graph=True)`` and the
-GPU profile's ``book_config("cifar10")`` do). ``diffusers`` is UNet2DModel as shipped (contiguous
+GPU profile's ``book_config("cifar10")`` do); on a CPU with ``--cpu-compile`` also
+``ddpm_core+compile`` for sampling (what ``sampling.Compiled`` does). ``diffusers`` is UNet2DModel as shipped (contiguous
 NCHW, eager). Informative variants isolate one setting (``-nchw``, ``-cl``). Captured variants are
 built and timed one at a time, each in alternation with ``ddpm_core`` and ``diffusers``: capturing
 a graph frees the cuBLAS workspaces that an earlier, still living graph points to, and replaying
@@ -345,7 +346,7 @@ def _variants(ours: nn.Module, theirs: nn.Module, kind: str, device: torch.devic
         if compile_ok:
             vs.append(Variant("ddpm_core+compile", copy.deepcopy(ours), compile=True))
             vs.append(Variant("ddpm_core+compile+graph", copy.deepcopy(ours), compile=True, cuda_graph=True))
-    if not cuda and kind == "sampling" and compile_ok:  # pays on a CPU for sampling only (bench_cpu_settings)
+    if not cuda and kind == "sampling" and compile_ok:  # on a CPU a compiled step is faster in sampling only
         vs.append(Variant("ddpm_core+compile", copy.deepcopy(ours), compile=True))
     vs.append(Variant("ddpm_core-nchw", copy.deepcopy(ours), channels_last=False))
     vs.append(Variant("diffusers", theirs, diffusers=True))
@@ -693,8 +694,11 @@ def summary_rows(result: dict) -> list[dict]:
             if case["best"] == "ddpm_core":
                 best_cpu, best_paired = case["ratio_cpu_time"], paired
             else:  # runs saved before these were stored: from the variant's own times
-                best_cpu = case.get("ratio_best_cpu_time") or theirs["cpu_step_s"] / best["cpu_step_s"]
-                best_paired = case.get("ratio_best_paired") or _ratio_paired(case["variants"], case["best"])
+                best_cpu, best_paired = case.get("ratio_best_cpu_time"), case.get("ratio_best_paired")
+                if best_cpu is None:  # (a captured variant's CPU time comes from its own rounds)
+                    best_cpu = theirs["cpu_step_s"] / best["cpu_step_s"]
+                if best_paired is None:
+                    best_paired = _ratio_paired(case["variants"], case["best"])
             rows.append(dict(kind=kind, preset=case["preset"], batch=case["batch"], precision=case["precision"],
                              parameters=case["parameters"], ddpm_core=ours["images_per_s"],
                              diffusers=theirs["images_per_s"], ratio=case["ratio"], ratio_cpu_time=case["ratio_cpu_time"],
@@ -796,7 +800,7 @@ def summary_html(rows: list[dict], caption: str = "") -> str:
         head_rows = ["<tr>" + span("preset") + (span("mode") if others else "") + '<th colspan="2">images / s</th>'
                      + '<th colspan="3">ratio ddpm_core / diffusers</th></tr>',
                      "<tr><th>ddpm_core</th><th>diffusers</th>" + "".join(f"<th>{h}</th>" for h in ratios) + "</tr>"]
-        width = 5 + others
+        width = 6 + others  # preset, [mode], two rates, three ratios
     body = []
     for kind in dict.fromkeys(r["kind"] for r in rows):
         body.append([f'<th colspan="{width}">{kind}</th>'])
@@ -820,7 +824,7 @@ def summary_html(rows: list[dict], caption: str = "") -> str:
                   "and graph (replayed from a CUDA graph).")
     elif others:
         units += (" Mode: the fastest way the package ran, eager or compile (torch.compile); its throughput "
-                  "and ratios are shown (every variant in the next table).")
+                  "and ratios are shown.")
     return _html_table([], body, f"{units} {caption}".strip(), head_rows)
 
 

@@ -165,16 +165,18 @@ def _call(fn, job: tuple):
         return f"{type(e).__name__}: {e}"
 
 
-def compiled_or_eager(net: torch.nn.Module, what: str = "running") -> Callable:
-    """``torch.compile(net)`` (static shapes), or ``net`` itself where compiling fails (no C++ compiler, an
-    unsupported platform): compilation happens at the first call, so the first call falls back to
-    the eager network with a warning and every later call uses it. An error that the eager
-    network raises too (a wrong input shape) is raised as usual.
+def compiled_or_eager(net: torch.nn.Module, what: str = "running", dynamic: bool | None = None) -> Callable:
+    """``torch.compile(net, dynamic=dynamic)``, or ``net`` itself where compiling fails (no C++
+    compiler, an unsupported platform): compilation happens at the first call, so the first call
+    falls back to the eager network with a warning and every later call uses it. An error that the
+    eager network raises too (a wrong input shape) is raised as usual.
 
     :param what: what the network is used for, in the warnings ("training", "sampling").
+    :param dynamic: ``torch.compile``'s: None compiles the first shape statically and a second one
+        with symbolic shapes; False compiles each new shape statically.
     """
     try:
-        compiled = torch.compile(net, dynamic=False)  # static shapes: a new batch shape compiles anew
+        compiled = torch.compile(net, dynamic=dynamic)
     except Exception as e:  # torch.compile itself unavailable (e.g. an unsupported Python)
         warnings.warn(f"torch.compile is unavailable ({type(e).__name__}: {e}); {what} eagerly")
         return net

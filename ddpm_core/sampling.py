@@ -138,15 +138,18 @@ def eval_mode(model):
 class Compiled(torch.nn.Module):
     """``net`` compiled with ``torch.compile``, for sampling: pass it to any sampler (or
     ``evaluation.sample_images``) in place of the network; the samples are the same to float
-    precision. It pays on a CPU at small batches: one reverse step of the book's small networks at
-    their training batches (32 and 64 images) ran 1.15-1.31x faster than eagerly, the paper's
-    network at batch 4 1.03-1.06x (``python -m ddpm_core.bench --cpu-compile``,
-    benchmarks/cpu-2026-12-07*.json); at batch 256 the MNIST network's step was only ~1.05x faster
-    (2026-12-07, same machine). The first call compiles (18-35 s per network on two cores in a
-    fresh process, seconds when the compiler's on-disk cache has the code), and each new batch
-    shape compiles again. Where compiling fails (no C++ compiler) it warns once and samples eagerly.
+    precision. On a CPU a compiled reverse step of the book's small networks at their training
+    batches (32 and 64 images) ran 1.15-1.31x faster than an eager one, the paper's network at
+    batch 4 1.03-1.06x (``python -m ddpm_core.bench --cpu-compile``, benchmarks/cpu-2026-12-07*.json).
+    But the first call compiles, 18-35 s per network on two cores with an empty compiler cache
+    (seconds when the cache holds the code), and every new batch shape compiles again (static
+    shapes; past PyTorch's limit of cached shapes it runs eagerly): on a cold cache the compiled
+    network came out ahead only after 2,300-3,300 reverse steps at one batch shape, so it pays for
+    several long runs, not for one. Where compiling fails (no C++ compiler) it warns once and
+    samples eagerly.
 
-    ``net`` stays the module's only submodule: ``state_dict``, ``eval()`` and the device follow it.
+    ``net`` stays the module's only submodule: ``state_dict``, ``eval()`` and the device follow it;
+    a copy compiles its own network.
     """
 
     def __init__(self, net: torch.nn.Module):
@@ -155,7 +158,10 @@ class Compiled(torch.nn.Module):
         if not isinstance(net, torch.nn.Module):
             raise TypeError(f"Compiled takes a network (an nn.Module), got {type(net).__name__}")
         self.net = net
-        self._call = runtime.compiled_or_eager(net, "sampling")
+        self._call = None  # compiled at the first call, from this module's own net
+
+    def __getstate__(self):  # deepcopy and pickle: the copy compiles its own net
+        return {**self.__dict__, "_call": None}
 
     @property
     def in_channels(self):  # the sample shape that evaluation.sample_images reads
@@ -166,6 +172,8 @@ class Compiled(torch.nn.Module):
         return getattr(self.net, "image_size", None)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self._call is None:
+            self._call = runtime.compiled_or_eager(self.net, "sampling", dynamic=False)
         return self._call(x_t, t)
 
 

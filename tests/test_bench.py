@@ -246,9 +246,18 @@ def test_summary_html_fits_a_text_column():
     compiled = dict(eager, kind="sampling", best="ddpm_core+compile", best_rate=3000.0, ratio_best=1.61,
                     ratio_best_cpu_time=1.35, ratio_best_paired=1.63)
     both = bench.summary_html([eager, compiled])
-    assert '<th rowspan="2">mode</th>' in both and both.count('colspan="6"') == 2  # the kind rows span it
+    assert '<th rowspan="2">mode</th>' in both
+    for table, width, kinds in [(cpu, 6, 1), (both, 7, 2), (gpu, 8, 2)]:  # a kind's row spans every column
+        assert _body_widths(table) == {width} and table.count(f'<th colspan="{width}">') == kinds, (width, table)
     assert "<td><code>eager</code></td><td>1,886</td>" in both
     assert "<td><code>compile</code></td><td>3,000</td>" in both and "<td>1.61x</td><td>1.35x</td><td>1.63x</td>" in both
+
+
+def _body_widths(table: str) -> set[int]:
+    """The number of cells of each body row (the rows that start with a <td>) of an HTML table."""
+    import re
+    rows = re.findall(r"<tr>(<td.*?)</tr>", table)
+    return {len(re.findall(r"<td", r)) for r in rows}
 
 
 def test_percentages_keep_two_significant_digits():
@@ -344,6 +353,13 @@ def test_cpu_compile_adds_a_compiled_sampling_variant_whose_three_ratios_the_sum
     row = [r for r in bench.summary_rows(result) if r["kind"] == "sampling"][0]
     assert (row["ratio"], row["best_rate"]) == (pytest.approx(3.0 / 2.0), pytest.approx(2.0))  # eager kept apart
     assert (row["ratio_best_cpu_time"], row["ratio_best_paired"]) == (case["ratio_best_cpu_time"], case["ratio_best_paired"])
+    html = bench.summary_html(bench.summary_rows(result))
+    assert "<td><code>compile</code></td><td>2.0</td><td>0.7</td><td>3.00x</td><td>2.00x</td><td>3.00x</td>" in html
+    # a run saved before the fastest mode's CPU-time and paired ratios were stored: recomputed the same
+    for key in ("ratio_best_cpu_time", "ratio_best_paired"):
+        del case[key]
+    old = [r for r in bench.summary_rows(result) if r["kind"] == "sampling"][0]
+    assert (old["ratio_best_cpu_time"], old["ratio_best_paired"]) == (pytest.approx(2.0), pytest.approx(3.0))
     assert "ddpm_core+compile" not in bench.run("cpu", cases=[("cpu-digits", 2, TINY)], repeats=3, warmup=1,
                                                 settings=False, evaluation=False, progress=False,
                                                 kinds=("sampling",))["sampling"][0]["variants"]  # not by default
