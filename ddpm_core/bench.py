@@ -830,16 +830,22 @@ def summary_html(rows: list[dict], caption: str = "") -> str:
 
 def variants_html(result: dict, caption: str = "") -> str:
     """Every variant's throughput relative to diffusers as shipped, per (kind, preset): what each
-    setting (channels-last, compile, CUDA graphs) is worth."""
-    cases = [c for kind in ("training", "sampling") for c in result.get(kind, [])]
-    names = list(dict.fromkeys(n for c in cases for n in c["variants"]))
+    setting (channels-last, compile, CUDA graphs) is worth. Rows grouped by kind; the package's
+    variants first (its ways of running, then the informative ones), then diffusers'; the variant
+    names may wrap after their ``+`` and ``-``, so that the table fits the book's text column."""
+    kinds = [k for k in ("training", "sampling") if result.get(k)]
+    names = list(dict.fromkeys(n for k in kinds for c in result[k] for n in c["variants"]))
+    names.sort(key=lambda n: (n.startswith("diffusers"), "-" in n))  # stable: first-seen order within a group
     body = []
-    for c in cases:
-        base = c["variants"]["diffusers"]["images_per_s"]
-        body.append([c["kind"], _name(c["preset"])] + [
-            f"{c['variants'][n]['images_per_s'] / base:.2f}x" if n in c["variants"] else "-" for n in names])
+    for kind in kinds:
+        body.append([f'<th colspan="{1 + len(names)}">{kind}</th>'])
+        for c in result[kind]:
+            base = c["variants"]["diffusers"]["images_per_s"]
+            body.append([_name(c["preset"])] + [
+                f"{c['variants'][n]['images_per_s'] / base:.2f}x" if n in c["variants"] else "-" for n in names])
+    head = ["preset"] + [f"<code>{n.replace('+', '+<wbr>').replace('-', '-<wbr>')}</code>" for n in names]
     text = f"Throughput of each variant over that of diffusers as shipped. {caption}".strip()
-    return _html_table(["kind", "preset"] + [_name(n) for n in names], body, text)
+    return _html_table(head, body, text)
 
 
 def history_html(saved: list[tuple[Path, dict]], caption: str = "") -> str:

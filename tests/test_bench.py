@@ -1,6 +1,7 @@
 """Tests of ddpm_core.bench: the diffusers twin of every preset, the end-to-end benchmark on a tiny
 configuration (table and JSON), and the strided bits/dim estimate."""
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -85,7 +86,12 @@ def test_benchmark_runs_end_to_end_on_a_tiny_config_and_writes_valid_json(tmp_pa
     rows = bench.summary_rows(result)
     assert [r["kind"] for r in rows] == ["training", "sampling"] and rows[0]["ratio"] == result["training"][0]["ratio"]
     html = bench.summary_html(rows, bench.machine_text(result))
-    assert html.count("<tr><td>") == 2 and "diffusers-cl" in bench.variants_html(result)  # a row per kind
+    assert html.count("<tr><td>") == 2  # a row per kind
+    # every variant: grouped by kind, the package's first, names that may wrap after + and -
+    variants = bench.variants_html(result)
+    heads = re.findall(r"<th><code>(.*?)</code></th>", variants)
+    assert heads == ["ddpm_core", "ddpm_core-<wbr>nchw", "diffusers", "diffusers-<wbr>cl"], heads
+    assert variants.count('<th colspan="5">') == 2 and _body_widths(variants) == {5}
     assert 'class="ddpm-table"' in html and m["date"][:10] in html and "cores" in html  # caption: where and when
 
 
@@ -353,6 +359,8 @@ def test_cpu_compile_adds_a_compiled_sampling_variant_whose_three_ratios_the_sum
     row = [r for r in bench.summary_rows(result) if r["kind"] == "sampling"][0]
     assert (row["ratio"], row["best_rate"]) == (pytest.approx(3.0 / 2.0), pytest.approx(2.0))  # eager kept apart
     assert (row["ratio_best_cpu_time"], row["ratio_best_paired"]) == (case["ratio_best_cpu_time"], case["ratio_best_paired"])
+    heads = re.findall(r"<th><code>(.*?)</code></th>", bench.variants_html(result))  # the package's modes first
+    assert heads[:3] == ["ddpm_core", "ddpm_core+<wbr>compile", "ddpm_core-<wbr>nchw"], heads
     html = bench.summary_html(bench.summary_rows(result))
     assert "<td><code>compile</code></td><td>2.0</td><td>0.7</td><td>3.00x</td><td>2.00x</td><td>3.00x</td>" in html
     # a run saved before the fastest mode's CPU-time and paired ratios were stored: recomputed the same
