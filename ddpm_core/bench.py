@@ -733,6 +733,17 @@ def _name(text: str) -> str:
     return f'<code style="white-space: nowrap">{text}</code>'
 
 
+def _wrapping_name(text: str) -> str:
+    """A variant or mode name as code that may wrap after its ``+`` and ``-`` (narrow columns)."""
+    return f"<code>{text.replace('+', '+<wbr>').replace('-', '-<wbr>')}</code>"
+
+
+def mode_name(best: str) -> str:
+    """A variant of the package as the tables name its mode: "eager" for ``ddpm_core``, "compile"
+    for ``ddpm_core+compile``, "compile+graph" for ``ddpm_core+compile+graph``."""
+    return best.removeprefix("ddpm_core").lstrip("+") or "eager"
+
+
 def _compact_count(n: int) -> str:
     """A parameter count as the table shows it: 280k, 1.62M, 35.7M (the exact count on hover)."""
     short = f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
@@ -788,8 +799,6 @@ def summary_html(rows: list[dict], caption: str = "") -> str:
     gpu = any(r["mfu"] is not None for r in rows)
     others = any(r["best"] != "ddpm_core" for r in rows)  # a compiled or graphed variant was fastest somewhere
     span = lambda h: f'<th rowspan="2">{h}</th>'
-    mode_of = lambda r: r["best"].removeprefix("ddpm_core").lstrip("+") or "eager"
-    code = lambda mode: f"<code>{mode.replace('+', '+<wbr>')}</code>"
     if gpu:  # the host's CPU time and the paired rounds add nothing to the wall-clock ratio
         tail = (["fastest mode", "its ratio"] if others else []) + ["MFU", "peak GiB"]
         head_rows = ["<tr>" + span("preset") + '<th colspan="2">images / s</th>' + span("ratio")
@@ -810,11 +819,11 @@ def summary_html(rows: list[dict], caption: str = "") -> str:
             if gpu:
                 cells += [_rate(r["ddpm_core"]), _rate(r["diffusers"]), f"{r['ratio']:.2f}x"]
                 if others:
-                    cells += [code(mode_of(r)), f"{r['ratio_best']:.2f}x"]
+                    cells += [_wrapping_name(mode_name(r["best"])), f"{r['ratio_best']:.2f}x"]
                 cells += [_percent(r["mfu"]) if r["mfu"] is not None else "-",
                           f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"]
             else:
-                cells += ([code(mode_of(r))] if others else []) + [_rate(r["best_rate"]), _rate(r["diffusers"])]
+                cells += ([_wrapping_name(mode_name(r["best"]))] if others else []) + [_rate(r["best_rate"]), _rate(r["diffusers"])]
                 cells += [f"{r[k]:.2f}x" for k in ("ratio_best", "ratio_best_cpu_time", "ratio_best_paired")]
             body.append(cells)
     units = ("Throughput in images per second (sampling: images through one reverse step); under each "
@@ -843,7 +852,7 @@ def variants_html(result: dict, caption: str = "") -> str:
             base = c["variants"]["diffusers"]["images_per_s"]
             body.append([_name(c["preset"])] + [
                 f"{c['variants'][n]['images_per_s'] / base:.2f}x" if n in c["variants"] else "-" for n in names])
-    head = ["preset"] + [f"<code>{n.replace('+', '+<wbr>').replace('-', '-<wbr>')}</code>" for n in names]
+    head = ["preset"] + [_wrapping_name(n) for n in names]
     text = f"Throughput of each variant over that of diffusers as shipped. {caption}".strip()
     return _html_table(head, body, text)
 

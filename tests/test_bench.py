@@ -259,6 +259,11 @@ def test_summary_html_fits_a_text_column():
     assert "<td><code>compile</code></td><td>3,000</td>" in both and "<td>1.61x</td><td>1.35x</td><td>1.63x</td>" in both
 
 
+def test_mode_name_is_the_variant_without_the_package_prefix():
+    assert [bench.mode_name(v) for v in ("ddpm_core", "ddpm_core+compile", "ddpm_core+compile+graph")] == \
+        ["eager", "compile", "compile+graph"]
+
+
 def _body_widths(table: str) -> set[int]:
     """The number of cells of each body row (the rows that start with a <td>) of an HTML table."""
     import re
