@@ -778,15 +778,26 @@ def _threads(n: int, what: str = "thread") -> str:
     return f"{n} {what}{'s' if n != 1 else ''}"
 
 
+def wait_policy(result: dict) -> str:
+    """How OpenMP's idle threads waited in a CPU run: ``"passive"`` or ``"active"`` where the run set
+    ``OMP_WAIT_POLICY``, else ``"default"`` (spin a while, then sleep). Passive threads sleep at the
+    end of every parallel region, which slows two-thread steps of small networks on an idle machine
+    (e.g. ``benchmarks/cpu-2026-12-07-b.json`` against ``-c.json``)."""
+    policy = (result["machine"].get("omp_wait_policy") or "").strip().lower()
+    return policy if policy in ("passive", "active") else "default"
+
+
 def machine_text(result: dict) -> str:
     """Where and when a :func:`run` result was measured, as one caption sentence: the date (UTC)
-    and the GPU, or the processor, its cores, PyTorch's threads and the load average at the start."""
+    and the GPU, or the processor, its cores, PyTorch's threads, OpenMP's wait policy and the load
+    average at the start."""
     m = result["machine"]
     when = _when(m) + " UTC"
     if m.get("gpu"):
         return f"Measured {when} on an {m['gpu']}."
     return (f"Measured {when} on an {cpu_name(result)}, {m['cpu_count']} cores, "
-            f"{_threads(m['torch_threads'], 'PyTorch thread')}, load average {m['load_average'][0]:.1f} at the start.")
+            f"{_threads(m['torch_threads'], 'PyTorch thread')} ({wait_policy(result)} OpenMP waiting), "
+            f"load average {m['load_average'][0]:.1f} at the start.")
 
 
 def summary_html(rows: list[dict], caption: str = "") -> str:
@@ -860,7 +871,7 @@ def variants_html(result: dict, caption: str = "") -> str:
 def history_html(saved: list[tuple[Path, dict]], caption: str = "") -> str:
     """The saved runs of :func:`saved_results`, one compact table: a row per run and kind, a column
     per preset, each cell the three ratios ddpm_core / diffusers (wall clock · CPU time · paired
-    rounds); the run's threads and load average beside its date."""
+    rounds); the run's threads, load average and (CPU) OpenMP wait policy beside its date."""
     presets = list(dict.fromkeys(c["preset"] for _, res in saved for kind in ("training", "sampling")
                                  for c in res.get(kind, [])))
     body = []
@@ -873,7 +884,8 @@ def history_html(saved: list[tuple[Path, dict]], caption: str = "") -> str:
             if i == 0:
                 cells.append(f'<td rowspan="{len(kinds)}" style="white-space: nowrap">{_when(m)}'
                              f'<br>{_threads(m["torch_threads"])}, '
-                             f'load {m["load_average"][0]:.1f}</td>')
+                             f'load {m["load_average"][0]:.1f}'
+                             + ("" if m.get("gpu") else f'<br>OpenMP {wait_policy(res)}') + '</td>')
             cells.append(kind)
             for p in presets:
                 r = rows.get((kind, p))

@@ -294,12 +294,14 @@ def test_history_html_gives_each_run_and_kind_the_three_ratios_and_says_when_a_p
                                                            ("sampling", "cpu-mnist", 1_623_169, 64, 0.82, 1.21, 1.18)])
     new = _saved_run("2026-02-01T10:22:00+00:00", 2, 1.0, [("training", "cpu-mnist", 280_177, 32, 1.22, 1.18, 1.02),
                                                            ("sampling", "cpu-mnist", 280_177, 32, 1.10, 1.04, 1.13)])
+    old["machine"]["omp_wait_policy"] = "PASSIVE"
     saved = [(Path("a.json"), old), (Path("b.json"), new)]
     assert bench.network_history(saved, "cpu-mnist") == [("2026-01-01 09:08", 1_623_169, 64),
                                                           ("2026-02-01 10:22", 280_177, 32)]
     html = bench.history_html(saved)
     assert html.startswith('<table class="ddpm-table"') and html.count('rowspan="2"') == 2
-    assert "2026-01-01 09:08<br>1 thread, load 8.8" in html and "2 threads, load 1.0" in html
+    assert "2026-01-01 09:08<br>1 thread, load 8.8<br>OpenMP passive" in html
+    assert "2 threads, load 1.0<br>OpenMP default" in html
     assert "0.85 · 1.07 · 1.29" in html and "1.22 · 1.18 · 1.02" in html  # wall · CPU time · paired
     assert "1.62M</span> parameters at batch 64 from 2026-01-01 09:08" in html and "batch 32 from 2026-02-01" in html
     assert "changed" not in bench.history_html(saved[1:])  # one run: nothing changed
@@ -309,9 +311,21 @@ def test_machine_text_names_the_date_and_the_machine_without_trademark_signs():
     run = _saved_run("2026-02-01T10:22:00+00:00", 2, 1.04, [])
     assert bench.cpu_name(run) == "Intel Xeon Processor"
     assert bench.machine_text(run) == ("Measured 2026-02-01 10:22 UTC on an Intel Xeon Processor, 2 cores, "
-                                       "2 PyTorch threads, load average 1.0 at the start.")
+                                       "2 PyTorch threads (default OpenMP waiting), load average 1.0 at the start.")
+    run["machine"]["omp_wait_policy"] = "PASSIVE"
+    assert "2 PyTorch threads (passive OpenMP waiting), load" in bench.machine_text(run)
     run["machine"]["gpu"] = "NVIDIA H200"
     assert bench.machine_text(run) == "Measured 2026-02-01 10:22 UTC on an NVIDIA H200."
+
+
+def test_wait_policy_reads_the_runs_omp_setting_and_calls_anything_else_the_default():
+    run = _saved_run("2026-02-01T10:22:00+00:00", 2, 1.0, [])
+    for value, policy in [(None, "default"), ("", "default"), ("PASSIVE", "passive"), (" active ", "active"),
+                          ("bogus", "default")]:
+        run["machine"]["omp_wait_policy"] = value
+        assert bench.wait_policy(run) == policy, value
+    del run["machine"]["omp_wait_policy"]
+    assert bench.wait_policy(run) == "default"
 
 
 def test_evaluation_html_separates_calls_per_image_from_the_batch():
