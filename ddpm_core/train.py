@@ -1031,7 +1031,8 @@ def book_config(name: str, **changes) -> TrainConfig:
 # The CPU profile's runs. Measured on the project's 2-core machine (Xeon with AVX-512, 2 torch
 # threads, fp32): cpu-mnist (0.28M parameters) takes 0.15-0.18 s per update at batch 32
 # (benchmarks/cpu-2026-12-06*.json), so "mnist5k" is 2,000 updates, about 5 minutes (chapter 6 shows
-# the measured time). Its size came from an exploration at equal CPU time (issue 3, 2026-11, when an
+# the measured time; on 2026-12-07, with OpenMP's default wait policy instead of PASSIVE, a fresh run
+# trained in 250 s). Its size came from an exploration at equal CPU time (issue 3, 2026-11, when an
 # update took 0.10-0.13 s; the minutes below are of that time): more updates of a narrower network beat fewer updates of a wider one. Runs with these
 # update counts, trained on a GPU for speed, scored an FID (mnist5k classifier features, 500
 # samples) of 7.5 at 2,500 updates against 12.4 for the 1.6M-parameter network at 700 updates;
