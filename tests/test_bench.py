@@ -266,7 +266,6 @@ def test_mode_name_is_the_variant_without_the_package_prefix():
 
 def _body_widths(table: str) -> set[int]:
     """The number of cells of each body row (the rows that start with a <td>) of an HTML table."""
-    import re
     rows = re.findall(r"<tr>(<td.*?)</tr>", table)
     return {len(re.findall(r"<td", r)) for r in rows}
 
