@@ -34,7 +34,8 @@ ABLATION_BATCH = 32  # batch size of every ablation model (small, so that all of
 ABLATIONS = {
     # name: (changes to book_config("digits"), one-line meaning)
     "eps-simple": (dict(),
-                   "eps prediction, L_simple, fixed variance beta~_t (Ho et al.'s best-sample model)"),
+                   "eps prediction, L_simple, fixed variance beta~_t (Ho et al.'s L_simple recipe, "
+                   "with the smaller of their two fixed variances)"),
     "eps-vlb-fixed": (dict(loss_type="vlb"),
                       "eps prediction trained on the true bound L_vlb, fixed variance beta~_t"),
     "mu-simple": (dict(mean_type="mu"),

@@ -274,21 +274,37 @@ def mark_legend(marks: Iterable[str]) -> str:
     return ("Marks: " + "; ".join(f"{m}, {MARK_LEGEND[m]}" for m in used) + ".") if used else ""
 
 
-def render_table(name: str, columns: Iterable[str] | None = None, **where: Any) -> Table:
+def render_table(name: str, columns: Iterable[str] | None = None, sort_by: str | None = None,
+                 **where: Any) -> Table:
     """A paper table as Markdown/HTML with a mark column and the source as its caption, followed by
     what the marks in the table mean (:func:`mark_legend`).
 
     ``columns`` defaults to the table's columns without the helper ones (``*_std``, ``*_train``,
-    ``*_is_bound``), which are folded into their main column by :func:`format_cell`.
+    ``*_is_bound``), which are folded into their main column by :func:`format_cell`. ``sort_by``
+    orders the rows by that column, ascending (the data file keeps the order it was transcribed
+    in). When every row shown has the same mark, the mark column is left out and the caption says
+    that the mark holds for every row.
     """
     meta = info(name)
     if columns is None:
         columns = [c for c in meta["columns"] if not c.endswith(("_std", "_train", "_is_bound"))]
     columns = list(columns)
     rows = table(name, **where)
-    body = [[format_cell(r, c) for c in columns] + [r["mark"]] for r in rows]
-    caption = f"{meta['title']} Source: {meta['source']}. {mark_legend(r['mark'] for r in rows)}"
-    return html_table(columns + ["mark"], body, caption=caption.rstrip())
+    if sort_by is not None:
+        if sort_by not in meta["columns"]:
+            raise ValueError(f"cannot sort {name!r} by {sort_by!r}: its columns are {meta['columns']}")
+        rows = sorted(rows, key=lambda r: r[sort_by])
+    marks = [r["mark"] for r in rows]
+    legend = mark_legend(marks)
+    if len(set(marks)) == 1:  # one mark for all: say it once, in the caption
+        legend = legend.replace("Marks: ", "Marks (every row): ", 1)
+        body = [[format_cell(r, c) for c in columns] for r in rows]
+        header = columns
+    else:
+        body = [[format_cell(r, c) for c in columns] + [r["mark"]] for r in rows]
+        header = columns + ["mark"]
+    caption = f"{meta['title']} Source: {meta['source']}. {legend}"
+    return html_table(header, body, caption=caption.rstrip())
 
 
 def drop_shared_columns(header: list[str], body: list[list[str]], columns: Iterable[str],

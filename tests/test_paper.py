@@ -314,3 +314,21 @@ def test_settings_match_references(refs):
     assert f"{n('res_blocks_per_resolution')} residual blocks" in nd and f"T = {n('T')}" in nd
     assert f"dropout {n('dropout')}" in nd and f"{n('training_steps') // 1000}K iterations" in nd
     assert paper.info("nichol2021_settings")["mark"] == _mark(nd)
+
+
+def test_render_table_sorts_by_a_column_and_names_a_wrong_one():
+    t = paper.render_table("nichol2021_nll", sort_by="NLL")
+    values = [float(line.split("|")[2]) for line in str(t).splitlines()[2:] if line.startswith("|")]
+    assert values == sorted(values) and len(values) == len(paper.table("nichol2021_nll"))
+    unsorted = [r["NLL"] for r in paper.table("nichol2021_nll")]
+    assert unsorted != sorted(unsorted)  # the data file's order is not already sorted
+    with pytest.raises(ValueError, match="cannot sort 'nichol2021_nll' by 'FID'"):
+        paper.render_table("nichol2021_nll", sort_by="FID")
+
+
+def test_render_table_states_a_shared_mark_once_in_the_caption():
+    shared = paper.render_table("ho2020_table2")  # every row P
+    assert "<th>mark</th>" not in shared.html and "Marks (every row): P, read in the paper." in shared.html
+    assert str(shared).splitlines()[0] == "| predicts | objective | IS | FID |"
+    mixed = paper.render_table("nichol2021_nll")  # S and U rows
+    assert "<th>mark</th>" in mixed.html and "every row" not in mixed.html
