@@ -30,6 +30,10 @@ PADDINGS = {
     "valid": "unpadded 3x3 convs as in Ronneberger et al.: each conv trims 2 pixels, skips are centre-cropped",
 }
 SEED = 1505  # seeds the scratches and the noise of the task (arXiv 1505.04597)
+# the scratches of draw_scratches: half-width in pixels (MNIST strokes are about 2-3 pixels wide)
+# and brightness on the digits' [0, 1] scale, each uniform in its range
+SCRATCH_HALF_WIDTH = (0.6, 1.4)
+SCRATCH_BRIGHTNESS = (0.6, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,15 +203,16 @@ def draw_scratches(n: int, size: int, per_image: int, generator: torch.Generator
     """``per_image`` straight lines across each of ``n`` images, anti-aliased: [n x 1 x size x size] in [0, 1].
 
     Each line passes through a uniform point of the central half of the image at a uniform angle;
-    half-width uniform in [0.6, 1.4] pixels (MNIST strokes are about 2-3 pixels wide), brightness
-    uniform in [0.6, 1].
+    half-width uniform in ``SCRATCH_HALF_WIDTH`` (0.6 to 1.4 pixels; MNIST strokes are about 2-3
+    pixels wide), brightness uniform in ``SCRATCH_BRIGHTNESS`` (0.6 to 1).
     """
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     py, px = torch.meshgrid(coords, coords, indexing="ij")                   # (size, size)
     u = torch.rand(n, per_image, 5, generator=generator)
     cy, cx = size * (0.25 + 0.5 * u[..., 0]), size * (0.25 + 0.5 * u[..., 1])
     angle = torch.pi * u[..., 2]
-    half_width, bright = 0.6 + 0.8 * u[..., 3], 0.6 + 0.4 * u[..., 4]
+    (w_lo, w_hi), (b_lo, b_hi) = SCRATCH_HALF_WIDTH, SCRATCH_BRIGHTNESS
+    half_width, bright = w_lo + (w_hi - w_lo) * u[..., 3], b_lo + (b_hi - b_lo) * u[..., 4]
     # distance of every pixel centre to every line: |(p - c) x direction|
     dist = ((px - cx[..., None, None]) * torch.sin(angle)[..., None, None]
             - (py - cy[..., None, None]) * torch.cos(angle)[..., None, None]).abs()   # (n, k, size, size)

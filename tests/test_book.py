@@ -140,6 +140,30 @@ def _markdown_sources() -> list[tuple[str, str]]:
     return out
 
 
+def _glued_key_patterns(notebook: Path) -> list[str]:
+    """The keys a notebook glues, as regular expressions (an f-string key's fields match anything)."""
+    code = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code")
+    keys = re.findall(r"glue\(\s*f?[\"']([^\"']+)[\"']", code)
+    return [re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(k)) for k in keys]
+
+
+def test_glue_from_another_page_names_a_glued_key_and_a_format():
+    """``{glue:text}`doc.ipynb::key:fmt``` pastes a value glued by another chapter (the conclusion's
+    results). myst-nb 1.4 needs the format spec on such a reference (without one the strict build
+    fails), and a renamed key would only show up in a full build: check both here."""
+    refs = [(label, ref) for label, text in _markdown_sources()
+            for ref in re.findall(r"\{glue:text\}`([^`]*::[^`]*)`", text)]
+    assert refs, "no page pastes from another page; remove this test or the conclusion lost its results"
+    patterns: dict[str, list[str]] = {}
+    for label, ref in refs:
+        m = re.fullmatch(r"([^:`]+\.ipynb)::([^:`]+):([^`:]+)", ref)
+        assert m, f"{label}: {ref!r} needs the form doc.ipynb::key:format (myst-nb needs the format)"
+        doc, key, _fmt = m.groups()
+        assert (BOOK / doc).exists(), f"{label}: {doc} is not a notebook in book/"
+        pats = patterns.setdefault(doc, _glued_key_patterns(BOOK / doc))
+        assert any(re.fullmatch(p, key) for p in pats), f"{label}: {doc} glues no {key!r}"
+
+
 def test_inline_math_pairs_up_and_holds_no_roles():
     """Parse the Markdown as the build does (MyST with the book's extensions): every ``$`` must open
     or close math, and no role ({glue}, {cite}) may end up inside math, where it shows as raw text.
