@@ -824,8 +824,8 @@ def image_table(rows: list[dict]):
 
 def seed_table(rows: list[dict]):
     """The spread over training seeds of the rows of :func:`image_table` that have several: the
-    lowest and highest FID (one decimal, as :func:`image_table`), KID (x 1e3) and bits/dim of each
-    model's runs."""
+    lowest and highest FID and KID (x 1e3), one decimal, and bits/dim, two, as :func:`image_table`
+    gives them, of each model's runs ("none" for the bits/dim of a model without a likelihood)."""
     import pandas as pd
 
     out = []
@@ -836,9 +836,9 @@ def seed_table(rows: list[dict]):
         row = {"model": r["model"], "seeds": len(evals)}
         for name, values in [("FID", [e.fid for e in evals]), ("KID × 10³", [1e3 * e.kid_mean for e in evals]),
                              ("bits/dim", [b["bpd"] for b in _seeds(r.get("bpd") or {}) if b.get("bpd") is not None])]:
-            st, digits = (summarize(values) if values else None), (1 if name == "FID" else 2)
-            row[f"{name} min"] = "" if st is None else round(st["min"], digits)
-            row[f"{name} max"] = "" if st is None else round(st["max"], digits)
+            st, digits = (summarize(values) if values else None), (2 if name == "bits/dim" else 1)
+            row[f"{name} min"] = "none" if st is None else round(st["min"], digits)
+            row[f"{name} max"] = "none" if st is None else round(st["max"], digits)
         out.append(row)
     return pd.DataFrame(out).set_index("model")
 

@@ -39,7 +39,7 @@ MARK_LEGEND = {
 
 __all__ = [
     "MARKS", "MARK_LEGEND", "PaperValue", "Table", "tables", "info", "table", "row", "value", "ref", "cite",
-    "setting", "format_cell", "mark_legend", "render_table", "compare", "notation", "html_table",
+    "setting", "format_cell", "mark_legend", "render_table", "compare", "notation", "html_table", "frame_table",
 ]
 
 
@@ -265,6 +265,36 @@ def html_table(header: list[str], body: list[list[Any]], caption: str = "") -> T
     h += ["<tr>" + "".join(f"<td>{_html_text(c)}</td>" for c in cells) + "</tr>" for cells in body]
     h.append("</tbody></table>")
     return Table("\n".join(md), "\n".join(h))
+
+
+def frame_table(frame, caption: str = "") -> Table:
+    """A ``pandas.DataFrame`` (or ``Series``) as the book's tables are drawn (:func:`html_table`): its
+    index as the first columns, headed by the index's names on the one header row (pandas' own
+    display adds a second header row for them), a leading index level that repeats the row above
+    left blank, numbers with thousands separators ("1,207.7"), and ``caption`` under it.
+    """
+    import pandas as pd
+
+    if isinstance(frame, pd.Series):
+        frame = frame.to_frame(frame.name if frame.name is not None else "value")
+    names = [n if n is not None else "" for n in frame.index.names]
+    header = names + [str(c) for c in frame.columns]
+
+    def text(v) -> str:
+        if hasattr(v, "item") and not isinstance(v, str):  # a numpy scalar
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v)
+        return format(v, ",")
+
+    body, above = [], None
+    for key, values in zip(frame.index, frame.itertuples(index=False)):
+        key = key if isinstance(key, tuple) else (key,)
+        shown = [("" if above is not None and i == 0 and k == above[0] and len(key) > 1 else text(k))
+                 for i, k in enumerate(key)]
+        body.append(shown + [text(v) for v in values])
+        above = key
+    return html_table(header, body, caption=caption)
 
 
 def mark_legend(marks: Iterable[str]) -> str:

@@ -286,7 +286,10 @@ def test_image_table_shows_seed_means_and_seed_table_their_range():
     spread = compare.seed_table([dict(model="GAN", eval=worse, bpd=[{"bpd": None}] * 2)])
     assert (spread.loc["GAN", "FID min"], spread.loc["GAN", "FID max"]) == (22.9, 26.3)  # as the text rounds
     assert seeds.loc["VAE", "KID × 10³ max"] == 14.0 and seeds.loc["VAE", "bits/dim min"] == 1.5
-    assert seeds.loc["GAN", "bits/dim min"] == "" and not seeds.isna().any().any()
+    kid = [SimpleNamespace(fid=10.0, is_mean=2.0, kid_mean=k, kid_std=0.001) for k in (0.22981, 0.31049)]
+    one_decimal = compare.seed_table([dict(model="GAN", eval=kid, bpd=[{"bpd": None}] * 2)])
+    assert (one_decimal.loc["GAN", "KID × 10³ min"], one_decimal.loc["GAN", "KID × 10³ max"]) == (229.8, 310.5)
+    assert seeds.loc["GAN", "bits/dim min"] == "none" and not seeds.isna().any().any()  # as image_table says it
 
 
 def test_image_models_trains_every_seed_side_by_side_and_then_loads_them(tmp_path, monkeypatch):

@@ -332,3 +332,19 @@ def test_render_table_states_a_shared_mark_once_in_the_caption():
     assert str(shared).splitlines()[0] == "| predicts | objective | IS | FID |"
     mixed = paper.render_table("nichol2021_nll")  # S and U rows
     assert "<th>mark</th>" in mixed.html and "every row" not in mixed.html
+
+
+def test_frame_table_draws_a_data_frame_in_the_house_style():
+    import pandas as pd
+
+    frame = pd.DataFrame({"data": ["ring", "ring", "grid"], "model": ["GAN", "DDPM", "GAN"],
+                          "FID": [1207.7, 18.4, 3.0], "seeds": [3, 3, 3]}).set_index(["data", "model"])
+    t = paper.frame_table(frame, caption="Two mixtures.")
+    lines = str(t).splitlines()
+    assert lines[0] == "| data | model | FID | seeds |"   # one header row, the index's names first
+    assert lines[2] == "| ring | GAN | 1,207.7 | 3 |"
+    assert lines[3] == "|  | DDPM | 18.4 | 3 |"          # the repeated mixture left blank
+    assert lines[4] == "| grid | GAN | 3.0 | 3 |" and lines[-1] == "Two mixtures."
+    assert '<table class="ddpm-table">' in t.html and t.html.count("<tr>") == 4
+    series = paper.frame_table(pd.Series({"data": "mnist5k", "samples": 200}, name="image study"))
+    assert str(series).splitlines()[0] == "|  | image study |" and "| samples | 200 |" in str(series)
