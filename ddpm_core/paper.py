@@ -326,13 +326,11 @@ def render_table(name: str, columns: Iterable[str] | None = None, sort_by: str |
         rows = sorted(rows, key=lambda r: r[sort_by])
     marks = [r["mark"] for r in rows]
     legend = mark_legend(marks)
-    if len(set(marks)) == 1:  # one mark for all: say it once, in the caption
+    shared = len(set(marks)) == 1  # one mark for all: say it once, in the caption, not in a column
+    if shared:
         legend = legend.replace("Marks: ", "Marks (every row): ", 1)
-        body = [[format_cell(r, c) for c in columns] for r in rows]
-        header = columns
-    else:
-        body = [[format_cell(r, c) for c in columns] + [r["mark"]] for r in rows]
-        header = columns + ["mark"]
+    body = [[format_cell(r, c) for c in columns] + ([] if shared else [r["mark"]]) for r in rows]
+    header = columns + ([] if shared else ["mark"])
     caption = f"{meta['title']} Source: {meta['source']}. {legend}"
     return html_table(header, body, caption=caption.rstrip())
 
