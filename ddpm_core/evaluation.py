@@ -468,7 +468,8 @@ def results_table(results: list[EvalResult], caption: str | None = None) -> _pap
         if "feature extractor" not in shared:
             features = "see the column"
         elif r0.extractor == _features.PAPER_INCEPTION_NAME:
-            features = (f"{r0.extractor}, the papers' network (their FID uses 50,000 samples; FID grows "
+            features = (f"{r0.extractor}, the papers' network (their FID uses "
+                        f"{_paper.setting('ho2020_settings', 'fid_samples'):,} samples; FID grows "
                         "as the sample count falls)")
         else:
             features = f"{r0.extractor} (not Inception, so not comparable with the papers' numbers)"
@@ -680,7 +681,7 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
     :return: dict name -> {``fid``, ``kid``, ``fid_few`` (or None), ``bpd``, ``bpd_se``,
         ``diverged`` (training or sampling produced NaN/inf), ``loss_spikes`` (see
         ``_loss_spikes``), ``final_loss``, ``seconds``}, plus the key ``"_settings"`` with the
-        measurement settings (dataset, extractor, n_samples, steps, few_steps, bpd method).
+        measurement settings (dataset, extractor, n_samples, steps, few_steps, bpd method, seed).
     """
     out: dict = {}
     method = None
@@ -723,7 +724,7 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
         out[name] = rec
     out["_settings"] = dict(dataset=dataset, extractor=_extractor(extractor).name, n_samples=n_samples,
                             steps=steps, few_steps=few_steps, bpd_examples=bpd_examples, bpd_stride=bpd_stride,
-                            bpd_method=method,
+                            bpd_method=method, seed=seed,
                             profile=_runtime.get_profile())
     return out
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ddpm_core import data, diffusion, evaluation, features, schedules, toy, train, unet
+from ddpm_core import data, diffusion, evaluation, features, paper, schedules, toy, train, unet
 from ddpm_core.features import ClassifierConfig, get_extractor
 
 
@@ -160,6 +160,7 @@ def test_evaluate_table_names_the_extractor_the_sample_count_and_the_profile(ext
     assert "bits/dim" not in evaluation.results_table([real]).split("\n\n")[-1]
     paper_net = evaluation.results_table([replace(real, extractor=features.PAPER_INCEPTION_NAME)])
     assert "the papers' network" in paper_net and "not Inception" not in paper_net
+    assert f"their FID uses {paper.setting('ho2020_settings', 'fid_samples'):,} samples" in paper_net
     given = evaluation.results_table([r, real], caption="my caption")  # a given caption keeps every column
     assert "feature extractor" in given and "| profile |" in given
     # KID in plain digits, large (noise) or small: no "1.62e+03" in a table whose prose says 1,615;
@@ -271,3 +272,4 @@ def test_measure_ablations_records_scores_bounds_and_divergence(extractor):
     assert 0 < rec["bpd"] and rec["bpd_se"] > 0
     assert m["mu-simple"]["diverged"] and m["mu-simple"]["fid"] is None
     assert m["_settings"]["bpd_method"].startswith("stratified") and m["_settings"]["n_samples"] == 16
+    assert m["_settings"]["seed"] == 0  # the default, recorded for chapter 8's paragraph on its redraw

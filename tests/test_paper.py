@@ -304,6 +304,9 @@ def test_settings_match_references(refs):
     assert f"dropout {s('dropout')}" in para and f"batch {s('batch_size')}" in para
     assert f"EMA {s('ema_decay')}" in para and f"lr {s('learning_rate'):.0e}".replace("e-04", "e-4") in para
     assert f"{s('training_steps') // 1000}k steps" in para and f"{s('training_hours')} h" in para
+    proto = refs[refs.index("## Evaluation protocol"):]
+    proto = proto[:proto.index("\n## ")]
+    assert f"FID: {s('fid_samples') // 1000}k samples against the {s('fid_reference_images') // 1000}k CIFAR-10 training images" in proto
     code = refs[refs.index("In the released code, not the paper:"):]
     code = code[:code.index("\n\n")]
     assert f"{s('lr_warmup_steps'):,}-step" in code and f"global norm {s('grad_clip_norm')}" in code
