@@ -369,6 +369,57 @@ def test_book_builds_and_every_page_renders(built_html, browser):
     assert not problems, "\n".join(problems)
 
 
+_CONTRAST_JS = """
+const theme = arguments[0];
+document.documentElement.dataset.theme = theme;  // what the theme's light/dark switch sets
+document.documentElement.dataset.mode = theme;
+const rgba = c => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+  const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+const over = (fg, bg) => [0, 1, 2].map(i => fg[i] * fg[3] + bg[i] * (1 - fg[3]));
+const lum = c => c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); })
+  .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+const out = [];
+const art = document.querySelector('article') || document.body;
+for (const el of art.querySelectorAll(arguments[1])) {
+  if (!el.offsetParent || !(el.innerText || '').trim()) continue;
+  const chain = []; for (let e = el; e; e = e.parentElement) chain.unshift(e);
+  let bg = [255, 255, 255], alpha = 1;
+  for (const e of chain) {
+    const c = rgba(getComputedStyle(e).backgroundColor); if (c && c[3] > 0) bg = over(c, bg);
+    alpha *= parseFloat(getComputedStyle(e).opacity);
+  }
+  const fg = rgba(getComputedStyle(el).color);
+  if (!fg) { out.push([0, el.tagName, 'colour ' + getComputedStyle(el).color]); continue; }
+  fg[3] *= alpha;
+  const [a, b] = [lum(over(fg, bg)), lum(bg)].sort((x, y) => y - x);
+  const ratio = (a + 0.05) / (b + 0.05);
+  if (ratio < arguments[2]) out.push([Math.round(ratio * 100) / 100, el.tagName, el.innerText.trim().slice(0, 40)]);
+}
+return JSON.stringify(out);
+"""
+# the text a reader reads: prose, captions, table cells and printed outputs
+_READ_TEXT = ("article p, figcaption, table caption, table.ddpm-table td, table.ddpm-table th, table.dataframe td, "
+              "table.dataframe th, .ddpm-noise-slider-caption, .ddpm-noise-slider-label, div.cell_output pre")
+
+
+@pytest.mark.book
+@pytest.mark.slow
+def test_text_keeps_its_contrast_in_light_and_dark_mode(built_html, browser):
+    """WCAG's 4.5:1 for every paragraph, caption, table cell and printed output, under both colour
+    themes of the book's switch. In dark mode the theme sets HTML outputs on a light box with dark
+    text: a caption in the theme's muted colour (light grey there) read at 1.7:1."""
+    import json
+
+    problems = []
+    for stem in toc_files():
+        _open(browser, built_html / f"{stem}.html")
+        for theme in ("light", "dark"):
+            low = json.loads(browser.execute_script(_CONTRAST_JS, theme, _READ_TEXT, 4.5))
+            if low:
+                problems.append(f"{stem} ({theme}): {len(low)} below 4.5:1, e.g. {low[:3]}")
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.book
 @pytest.mark.slow
 def test_static_noise_slider_changes_the_frame_in_the_browser(built_html, browser):
