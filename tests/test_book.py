@@ -422,6 +422,35 @@ def test_text_keeps_its_contrast_in_light_and_dark_mode(built_html, browser):
 
 @pytest.mark.book
 @pytest.mark.slow
+def test_on_a_narrow_screen_the_page_never_scrolls_sideways_and_captions_stay_in_view(built_html, browser):
+    """At a phone's width (500 px, headless Chromium's narrowest window) a wide table scrolls in its own
+    box, not the page, and its caption wraps to the box: the reader does not scroll to read it."""
+    import json
+
+    problems = []
+    browser.set_window_size(500, 900)
+    try:
+        for stem in toc_files():
+            _open(browser, built_html / f"{stem}.html")
+            info = json.loads(browser.execute_script("""
+                const de = document.documentElement;
+                const caps = [...document.querySelectorAll('article table > caption')].filter(c => c.offsetParent)
+                    .map(c => { let box = c.parentElement.parentElement;
+                                while (box && getComputedStyle(box).overflowX === 'visible') box = box.parentElement;
+                                return [c.getBoundingClientRect().width - (box || de).clientWidth, c.textContent.trim().slice(0, 40)]; })
+                    .filter(([over]) => over > 2);
+                return JSON.stringify({page: de.scrollWidth - de.clientWidth, caps});"""))
+            if info["page"] > 2:
+                problems.append(f"{stem}: the page scrolls sideways by {info['page']} px")
+            if info["caps"]:
+                problems.append(f"{stem}: captions wider than their box by [px, start]: {info['caps'][:3]}")
+    finally:
+        browser.set_window_size(1280, 1000)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.book
+@pytest.mark.slow
 def test_static_noise_slider_changes_the_frame_in_the_browser(built_html, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
