@@ -114,6 +114,19 @@ def test_visible_code_cells_are_short(path):
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
+def test_code_the_book_hides_is_collapsed_in_jupyter_too(path):
+    """The tags hide code in the HTML only; nbformat's ``jupyter.source_hidden`` collapses the same
+    cells in JupyterLab, Notebook 7 and VS Code, so a reader there meets the chapter as the book shows it
+    (the glue cells and the long checks of the chapter's claims folded away, still run by "Run all")."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and HIDE_TAGS & set(cell.metadata.get("tags", [])):
+            assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, (
+                f"{path.name} cell {i} ({cell.metadata['tags']}) is hidden in the book but not in Jupyter: "
+                'set its metadata "jupyter": {"source_hidden": true}')
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
 def test_glued_figures_have_names_and_captions(path):
     nb = nbformat.read(path, as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
