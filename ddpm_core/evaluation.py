@@ -649,7 +649,18 @@ def load_ablations(configs: dict | None = None, progress: bool = True) -> dict:
     return runs
 
 
-def _loss_spikes(loss: torch.Tensor, window: int = 50, factor: float = 3.0) -> int:
+#: The measurement settings of :func:`measure_ablations` (its defaults). Module constants, so that
+#: chapter 7 can quote them before chapter 8 measures.
+ABLATION_SAMPLES = 200
+ABLATION_STEPS = 50
+ABLATION_FEW_STEPS = 10
+#: The loss-spike rule of :func:`_loss_spikes`: a loss above ``SPIKE_FACTOR`` x the median of the
+#: previous ``SPIKE_WINDOW`` losses.
+SPIKE_WINDOW = 50
+SPIKE_FACTOR = 3.0
+
+
+def _loss_spikes(loss: torch.Tensor, window: int = SPIKE_WINDOW, factor: float = SPIKE_FACTOR) -> int:
     """Updates (after the first ``window``) whose loss exceeds ``factor`` x the median of the
     previous ``window`` losses: a simple count of training instabilities."""
     loss = loss.double()
@@ -661,7 +672,8 @@ def _loss_spikes(loss: torch.Tensor, window: int = 50, factor: float = 3.0) -> i
 
 
 def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "classifier:digits",
-                      n_samples: int = 200, steps: int = 50, few_steps: int = 10, bpd_examples: int = 64,
+                      n_samples: int = ABLATION_SAMPLES, steps: int = ABLATION_STEPS,
+                      few_steps: int = ABLATION_FEW_STEPS, bpd_examples: int = 64,
                       bpd_stride: int | None = 10, few_step_models=("eps-simple", "hybrid-learned"),
                       bpd_models=("eps-simple", "hybrid-learned", "vlb-learned", "cosine-simple"),
                       seed: int = 0, progress: bool = True) -> dict:
@@ -681,7 +693,8 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
     :return: dict name -> {``fid``, ``kid``, ``fid_few`` (or None), ``bpd``, ``bpd_se``,
         ``diverged`` (training or sampling produced NaN/inf), ``loss_spikes`` (see
         ``_loss_spikes``), ``final_loss``, ``seconds``}, plus the key ``"_settings"`` with the
-        measurement settings (dataset, extractor, n_samples, steps, few_steps, bpd method, seed).
+        measurement settings (dataset, extractor, n_samples, steps, few_steps, bpd method, seed, and
+        the loss-spike rule's ``spike_window`` and ``spike_factor``).
     """
     out: dict = {}
     method = None
@@ -724,7 +737,7 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
         out[name] = rec
     out["_settings"] = dict(dataset=dataset, extractor=_extractor(extractor).name, n_samples=n_samples,
                             steps=steps, few_steps=few_steps, bpd_examples=bpd_examples, bpd_stride=bpd_stride,
-                            bpd_method=method, seed=seed,
+                            bpd_method=method, seed=seed, spike_window=SPIKE_WINDOW, spike_factor=SPIKE_FACTOR,
                             profile=_runtime.get_profile())
     return out
 

@@ -202,13 +202,87 @@ def _exact_floats():
         formatter.float_format = saved
 
 
+#: Environment variable that forces (``1``) or suppresses (``0``) the reader's view of glued values.
+GLUE_DISPLAY_ENV = "DDPM_GLUE_DISPLAY"
+
+#: The first line of what a reader's kernel prints below a cell that glued text values.
+READER_VIEW_HEADER = "values glued for the text (the book's prose shows them in place of {glue:text}`name`):"
+
+# the text values glued by the cell that runs now, shown below it in a reader's kernel
+_CELL_GLUED: list = []
+_HOOKED: list = []  # the IPython shells whose post_run_cell event shows _CELL_GLUED
+
+
+def reader_kernel() -> bool:
+    """Whether this kernel serves a person reading a chapter (Colab, JupyterLab, Notebook 7)
+    rather than a build or a test (jupyter-book, nbval).
+
+    In a reader's kernel the prose shows ``{glue:text}`name``` roles instead of numbers, so
+    :func:`glue` shows what the book would place: figures where they are glued, and the glued
+    values below the cell that computed them. Detected from Colab's module and from
+    ``JPY_SESSION_NAME``, which Jupyter Server sets for the kernels of the notebooks it opens;
+    the environment variable ``DDPM_GLUE_DISPLAY`` (``1`` or ``0``) decides where it is set.
+    """
+    import os
+    import sys
+    forced = os.environ.get(GLUE_DISPLAY_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{GLUE_DISPLAY_ENV}={forced!r}: set it to 1 (show glued values under "
+                             "their cells) or 0 (do not), or unset it to detect the reader's kernel")
+        return forced == "1"
+    return "google.colab" in sys.modules or bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def _glued_text(value) -> str | None:
+    """How the reader's view writes a glued value, or None for what it does not list (figures,
+    tables, widgets: they are displayed where the book shows them)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor or array
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    if isinstance(value, numbers.Real):
+        return format(float(value), ".4g")
+    if isinstance(value, str):
+        return value if len(value) <= 120 else value[:117] + "..."
+    return None
+
+
+def _show_cell_glued(result=None) -> None:
+    """IPython ``post_run_cell`` hook: print the text values the cell glued, one per line."""
+    if _CELL_GLUED:
+        print(READER_VIEW_HEADER)
+        for name, text in _CELL_GLUED:
+            print(f"  {name} = {text}")
+    _CELL_GLUED.clear()
+
+
+def _hook_reader_view() -> bool:
+    """Register :func:`_show_cell_glued` with the running IPython shell (once); False outside IPython."""
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is None:
+        return False
+    if not any(h is shell for h in _HOOKED):
+        shell.events.register("post_run_cell", _show_cell_glued)
+        _HOOKED.append(shell)
+    return True
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """Store ``value`` under ``name`` for the book's prose and figures (myst-nb ``glue``).
 
-    In the book, ``{glue:text}`name``` and ``{glue:figure} name`` place it. Where myst-nb is not
-    installed (Colab) nothing can be glued, so figures are shown right away and other values
-    when ``display`` is true. A matplotlib figure is closed afterwards so the inline backend does
-    not show it a second time. Returns None, so a ``glue(...)`` at the end of a cell shows nothing.
+    In the book, ``{glue:text}`name``` and ``{glue:figure} name`` place it. In a reader's kernel
+    (:func:`reader_kernel`: Colab, JupyterLab) the markdown cannot show glued values, so figures
+    are shown right away, other values when ``display`` is true, and the text values a cell glued
+    are printed below it (``name = value``). Where myst-nb is not installed (Colab) nothing is
+    stored for a build. A matplotlib figure is closed afterwards so the inline backend does not
+    show it a second time. Returns None, so a ``glue(...)`` at the end of a cell shows nothing.
     """
     try:
         from myst_nb import glue as _myst_glue
@@ -217,12 +291,17 @@ def glue(name: str, value, display: bool = False) -> None:
     is_figure = type(value).__name__ == "Figure" and hasattr(value, "savefig")
     if isinstance(value, numbers.Number) or getattr(value, "ndim", None) == 0:  # a number, or a 0-d array
         _GLUED[name] = value
+    reader = reader_kernel()
     if _myst_glue is not None:
         with _exact_floats():
             _myst_glue(name, value, display=display)
-    elif display or is_figure:
+    if (display and _myst_glue is None) or (is_figure and (_myst_glue is None or reader)):
         from IPython.display import display as _show
         _show(value)
+    if reader and not display and _hook_reader_view():
+        text = _glued_text(value)
+        if text is not None:
+            _CELL_GLUED.append((name, text))
     if is_figure:
         import matplotlib.pyplot as plt
         plt.close(value)

@@ -370,9 +370,12 @@ def test_book_builds_and_every_page_renders(built_html, browser):
         if wide:  # the same for tables: a column the reader cannot see without scrolling
             problems.append(f"{name}: tables wider than the page by [px, start]: {wide[:4]}")
         # a role the build left unprocessed (inside math, MathJax then typesets its letters)
-        raw_roles = re.findall(r"\{(?:glue|cite)[a-z:]*\}(?:`|&#96;)[^`<]*", page.read_text(encoding="utf-8"))
+        html_text = page.read_text(encoding="utf-8")
+        raw_roles = re.findall(r"\{(?:glue|cite)[a-z:]*\}(?:`|&#96;)[^`<]*", html_text)
         if raw_roles:
             problems.append(f"{name}: roles left as raw text {raw_roles[:3]}")
+        if "values glued for the text" in html_text:  # the reader's-kernel view (viz.reader_kernel) leaked
+            problems.append(f"{name}: the build printed glued values under cells, as for a reader's kernel")
         if source.suffix == ".ipynb":
             want = (f"{CONFIG['launch_buttons']['colab_url'].rstrip('/')}/github/{org_repo}/blob/"
                     f"{repo['branch']}/{stem}.ipynb")

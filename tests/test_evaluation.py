@@ -273,3 +273,13 @@ def test_measure_ablations_records_scores_bounds_and_divergence(extractor):
     assert m["mu-simple"]["diverged"] and m["mu-simple"]["fid"] is None
     assert m["_settings"]["bpd_method"].startswith("stratified") and m["_settings"]["n_samples"] == 16
     assert m["_settings"]["seed"] == 0  # the default, recorded for chapter 8's paragraph on its redraw
+    # the loss-spike rule is recorded (chapter 8 quotes it) and is the one that counted the spike above;
+    # the constants are the defaults that chapter 7 quotes before chapter 8 measures
+    s = m["_settings"]
+    assert (s["spike_window"], s["spike_factor"]) == (evaluation.SPIKE_WINDOW, evaluation.SPIKE_FACTOR) == (50, 3.0)
+    assert evaluation._loss_spikes(run.history["loss"], s["spike_window"], s["spike_factor"]) == 1
+    assert evaluation._loss_spikes(run.history["loss"], s["spike_window"], 11.0) == 0
+    import inspect
+    defaults = {k: v.default for k, v in inspect.signature(evaluation.measure_ablations).parameters.items()}
+    assert (defaults["n_samples"], defaults["steps"], defaults["few_steps"]) == (
+        evaluation.ABLATION_SAMPLES, evaluation.ABLATION_STEPS, evaluation.ABLATION_FEW_STEPS)

@@ -212,3 +212,58 @@ def test_glue_keeps_every_digit_of_a_number_when_outputs_print_fewer():
         assert shown(0.123456) == "0.1235"  # the setting is back after glue
     finally:
         shell.run_line_magic("precision", "")
+
+
+_READER_CELL = """\
+import matplotlib.pyplot as plt
+from ddpm_core.viz import glue
+fig = plt.figure(); plt.plot([0, 1])
+glue("fig_x", fig)
+glue("n_x", 50000); glue("f_x", 0.123456); glue("s_x", "some words")
+glue("shown_x", 2.5, display=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reader", [True, False], ids=["reader's kernel", "build"])
+def test_a_readers_kernel_shows_glued_figures_and_values_the_build_keeps_them_for_the_prose(reader, monkeypatch):
+    """In Colab or JupyterLab the markdown shows ``{glue:text}`n_x``` instead of the number, so the
+    cell that glues prints the values below itself and shows its figures; a build (jupyter-book,
+    nbval) gets no such output. Run in a real kernel, where IPython's post_run_cell event fires."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "1" if reader else "0")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(_READER_CELL),
+                                         nbformat.v4.new_code_cell("1 + 1")])
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    first, second = (c.outputs for c in nb.cells)
+    printed = "".join(o.get("text", "") for o in first if o.output_type == "stream")
+    images = [o for o in first if o.output_type == "display_data" and "image/png" in o.data]
+    assert not [o for o in first if o.output_type == "error"], first
+    if reader:
+        assert printed.startswith(viz.READER_VIEW_HEADER), printed
+        lines = printed.splitlines()[1:]
+        assert lines == ["  n_x = 50,000", "  f_x = 0.1235", "  s_x = some words"], lines
+        assert len(images) == 1  # the figure, once (the inline backend does not show it again)
+    else:
+        assert printed == "" and images == []
+    assert [o.output_type for o in second] == ["execute_result"]  # the values are not shown twice
+
+
+def test_reader_kernel_is_detected_from_jupyter_server_or_colab_and_can_be_forced(monkeypatch):
+    import sys
+    monkeypatch.delenv(viz.GLUE_DISPLAY_ENV, raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert not viz.reader_kernel()  # a build or a test
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/reader/02_forward_diffusion.ipynb")
+    assert viz.reader_kernel()
+    monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "0")
+    assert not viz.reader_kernel()
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "")
+    assert viz.reader_kernel()
+    monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "yes")
+    with pytest.raises(ValueError, match="DDPM_GLUE_DISPLAY='yes'.*1 .*or 0"):
+        viz.reader_kernel()
