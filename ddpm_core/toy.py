@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from . import viz as _viz
 from .diffusion import GaussianDiffusion, _randn
 
 # ---------------------------------------------------------------------- discrete Markov chains
@@ -422,13 +423,14 @@ def nearest_distance(points: torch.Tensor, data: torch.Tensor, chunk: int = 2048
 
 def animate_points(frames: Sequence[torch.Tensor], titles: Sequence[str] | None = None, lim: float = 3.0,
                    reference: torch.Tensor | None = None, interval: int = 120, size: float = 4.0,
-                   point_size: float = 2.0):
+                   point_size: float = 2.0, alt: str = "An animation of points in the plane, frame by frame"):
     """A jshtml animation (plays in the static HTML book) of 2-D point clouds.
 
     :param frames: a list of [N, 2] tensors, one per frame.
     :param titles: one title per frame, optional.
     :param lim: axes run from -lim to lim.
     :param reference: optional [M, 2] points drawn in light grey behind every frame (e.g. the data).
+    :param alt: what the frames show, for readers who cannot see them (``viz.label_animation``).
     :return: ``IPython.display.HTML``.
     """
     import matplotlib.pyplot as plt
@@ -453,6 +455,6 @@ def animate_points(frames: Sequence[torch.Tensor], titles: Sequence[str] | None 
         return (scat,)
 
     anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=interval, blit=False)
-    html = anim.to_jshtml(default_mode="once")
+    html = _viz.label_animation(anim.to_jshtml(default_mode="once"), alt)
     plt.close(fig)
     return HTML(html)

@@ -314,8 +314,26 @@ def _grid_or_picture(frame, nrow: int) -> np.ndarray:
     return image_grid(a, nrow=nrow)
 
 
+def label_animation(jshtml: str, alt: str) -> str:
+    """matplotlib's ``to_jshtml`` output with a text alternative on the image that shows the frames
+    and a name on the frame slider, which it lacks: what a screen reader announces for them."""
+    import re
+    if not alt.strip():
+        raise ValueError("an animation needs a non-empty alt text: say what its frames show")
+    text = html.escape(alt, quote=True)
+    out, n_img = re.subn(r'<img id="(_anim_img[0-9a-f]+)"', rf'<img id="\1" alt="{text}"', jshtml, count=1)
+    out, n_slider = re.subn(r'<input id="(_anim_slider[0-9a-f]+)"',
+                            rf'<input id="\1" aria-label="frame of the animation: {text}"', out, count=1)
+    if n_img != 1 or n_slider != 1:
+        import warnings
+        warnings.warn("matplotlib's animation HTML has no frame image or slider where expected; "
+                      "the animation is shown without its alt text", stacklevel=2)
+    return out
+
+
 def animate_frames(frames: Sequence, interval: int = 120, nrow: int = 8, titles: Sequence[str] | None = None,
-                   scale: float = 3.0, max_bytes: int = 8_000_000):
+                   scale: float = 3.0, max_bytes: int = 8_000_000,
+                   alt: str = "An animation of images, frame by frame"):
     """An animation of ``frames`` that plays in the static HTML book (no kernel needed).
 
     :param frames: a list of image batches [N, C, H, W] in [-1, 1] (each shown as a grid) or of
@@ -325,6 +343,7 @@ def animate_frames(frames: Sequence, interval: int = 120, nrow: int = 8, titles:
     :param scale: screen pixels per image pixel (nearest-neighbour, so pixels stay sharp).
     :param max_bytes: stay under this size (well below matplotlib's 20 MB ``animation.embed_limit``):
         frames are evenly dropped, keeping the first and last, until the HTML fits.
+    :param alt: what the frames show, for readers who cannot see them (:func:`label_animation`).
     :return: ``IPython.display.HTML`` made by ``FuncAnimation.to_jshtml()``.
     """
     import matplotlib.pyplot as plt
@@ -353,7 +372,7 @@ def animate_frames(frames: Sequence, interval: int = 120, nrow: int = 8, titles:
             return (im,)
 
         anim = animation.FuncAnimation(fig, update, frames=len(keep), interval=interval, blit=False)
-        out = anim.to_jshtml(default_mode="once")
+        out = label_animation(anim.to_jshtml(default_mode="once"), alt)
         plt.close(fig)
         if len(out) <= max_bytes or len(keep) <= 2:
             return HTML(out)

@@ -27,6 +27,16 @@ matplotlib.use("Agg")  # this test process only; notebook kernels keep their inl
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private DDPM_CACHE for a whole test module, so tests never read or fill the book's model
+    cache (modules that need one per test define their own ``cache``)."""
+    path = tmp_path_factory.mktemp("ddpm_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDPM_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a test module (opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``):
     tiny models run faster and steadier on a shared 2-core machine without OpenMP barriers."""

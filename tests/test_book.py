@@ -320,6 +320,12 @@ def test_book_builds_and_every_page_renders(built_html, browser):
             return {
               h1: (art.querySelector('h1') || {}).textContent || '',
               imgs: imgs.map(i => [i.getAttribute('src') || '', i.complete && i.naturalWidth > 0]),
+              // what a screen reader has nothing to say for: images without alt text, controls without a name
+              noAlt: imgs.filter(i => !(i.getAttribute('alt') || '').trim()).map(i => (i.id || i.src || '').slice(0, 50)),
+              unnamed: [...art.querySelectorAll('input, select, textarea, button')].filter(e => e.type !== 'hidden'
+                  && !(e.getAttribute('aria-label') || e.getAttribute('aria-labelledby') || e.title
+                       || (e.id && document.querySelector(`label[for="${e.id}"]`)) || e.closest('label')
+                       || (e.tagName === 'BUTTON' && e.textContent.trim()))).map(e => e.outerHTML.slice(0, 80)),
               figs: figs.map(f => [(f.querySelector('figcaption') || {}).textContent || '',
                                    !!f.querySelector('img')]),
               tracebacks: art.querySelectorAll('.output.traceback, .output.error').length,
@@ -338,6 +344,10 @@ def test_book_builds_and_every_page_renders(built_html, browser):
         bad_imgs = [src[:60] for src, ok in info["imgs"] if not src or not ok]
         if bad_imgs:
             problems.append(f"{name}: images without a source or not loaded: {bad_imgs}")
+        if info["noAlt"]:
+            problems.append(f"{name}: images without alt text {info['noAlt'][:3]}")
+        if info["unnamed"]:
+            problems.append(f"{name}: controls without an accessible name {info['unnamed'][:3]}")
         no_caption = [i for i, (cap, has_img) in enumerate(info["figs"]) if not cap.strip() or not has_img]
         if no_caption:
             problems.append(f"{name}: figures {no_caption} lack an image or a caption")

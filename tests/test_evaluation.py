@@ -14,14 +14,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ddpm_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DDPM_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def extractor(cache):
     torch.set_num_threads(1)
     return get_extractor("classifier:digits", device="cpu", config=ClassifierConfig(epochs=2))

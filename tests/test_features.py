@@ -18,14 +18,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A private DDPM_CACHE (and torch hub folder) for the whole module."""
-    path = tmp_path_factory.mktemp("ddpm_cache")
+def cache(cache):
+    """conftest's private DDPM_CACHE, with a private torch hub folder and no Inception file named."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DDPM_CACHE", str(path))
-        mp.setenv("TORCH_HOME", str(path / "torch"))
+        mp.setenv("TORCH_HOME", str(cache / "torch"))
         mp.delenv(features.INCEPTION_ENV, raising=False)
-        yield path
+        yield cache
 
 
 @pytest.fixture(scope="module")

@@ -267,3 +267,20 @@ def test_reader_kernel_is_detected_from_jupyter_server_or_colab_and_can_be_force
     monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "yes")
     with pytest.raises(ValueError, match="DDPM_GLUE_DISPLAY='yes'.*1 .*or 0"):
         viz.reader_kernel()
+
+
+def test_animations_name_their_frame_image_and_slider_for_screen_readers():
+    """matplotlib's jshtml has neither an alt text on the frame image nor a name on the slider."""
+    from ddpm_core import toy
+    made = {"animate_frames": viz.animate_frames([torch.zeros(2, 1, 8, 8)] * 2, alt='Digits "0" & noise'),
+            "animate_points": toy.animate_points([torch.zeros(5, 2)] * 2, alt='Digits "0" & noise')}
+    for name, anim in made.items():
+        img = re.findall(r"<img id=\"_anim_img[^>]*>", anim.data)
+        slider = re.findall(r"<input id=\"_anim_slider[^>]*>", anim.data)
+        assert len(img) == 1 and 'alt="Digits &quot;0&quot; &amp; noise"' in img[0], (name, img)
+        assert len(slider) == 1 and 'aria-label="frame of the animation: Digits &quot;0&quot;' in slider[0], (name, slider)
+    assert 'alt="An animation of images' in viz.animate_frames([torch.zeros(2, 1, 8, 8)] * 2).data  # a default
+    with pytest.raises(ValueError, match="non-empty alt text"):
+        viz.animate_frames([torch.zeros(2, 1, 8, 8)] * 2, alt=" ")
+    with pytest.warns(UserWarning, match="without its alt text"):
+        assert viz.label_animation("<div>no animation</div>", "x") == "<div>no animation</div>"
