@@ -58,6 +58,24 @@ def _ids(paths):
 
 # ----------------------------------------------------------------------------- toc and sources
 
+def test_the_build_runs_the_chapters_as_a_build_even_from_a_readers_kernel(monkeypatch):
+    """A build started inside JupyterLab inherits JPY_SESSION_NAME; the book's Sphinx extension
+    turns the reader's view of glued values off for the kernels that execute the chapters."""
+    import importlib.util
+    from ddpm_core import viz
+    ext = CONFIG["sphinx"]["local_extensions"]
+    assert list(ext) == ["ddpm_build"], ext
+    spec = importlib.util.spec_from_file_location("ddpm_build", ROOT / ext["ddpm_build"] / "ddpm_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/reader/book/06_training.ipynb")
+    monkeypatch.delenv(viz.GLUE_DISPLAY_ENV, raising=False)
+    assert viz.reader_kernel()
+    monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "")  # monkeypatch restores it after the extension sets it
+    assert module.setup(object())["parallel_read_safe"]
+    assert os.environ[viz.GLUE_DISPLAY_ENV] == "0" and not viz.reader_kernel()
+
+
 def test_toc_is_a_jupyter_book_toc_whose_files_exist():
     assert TOC["format"] == "jb-book"
     files = toc_files()
