@@ -121,6 +121,27 @@ def test_first_code_cell_installs_ddpm_core_on_colab_and_is_removed_from_html(pa
     assert "remove-cell" in first.metadata.get("tags", []), f"{path.name}: tag the install cell 'remove-cell'"
 
 
+# code that needs a package outside ddpm_core's dependencies, which Colab may lack: diffusers (the
+# benchmark runs against UNet2DModel, the released weights, the converter) and torch-fidelity (Inception)
+_NEEDS_APPENDICES_EXTRA = re.compile(r"diffusers|bench\.run\(|from_pretrained|get_extractor\(\"inception")
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
+def test_colab_installs_what_a_chapter_imports_beyond_ddpm_cores_dependencies(path):
+    """In a fresh Colab-like environment (ddpm_core installed alone, no diffusers) both appendices
+    failed: one ran the benchmark against diffusers, the other converted diffusers' U-Net."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["appendices"]
+    assert {re.split(r"[<>=]", r)[0] for r in extra} == {"diffusers", "torch-fidelity"}, extra
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    needs = any(_NEEDS_APPENDICES_EXTRA.search(src) for src in code[1:])
+    asks = "ddpm_core[appendices] @ git+" in code[0]
+    assert needs == asks, (f"{path.name}: its code {'needs' if needs else 'does not need'} diffusers or "
+                           "torch-fidelity, so its Colab install cell should " + ("" if needs else "not ")
+                           + "install ddpm_core[appendices]")
+
+
 @pytest.mark.parametrize("path", notebooks(), ids=_ids(notebooks()))
 def test_visible_code_cells_are_short(path):
     nb = nbformat.read(path, as_version=4)
