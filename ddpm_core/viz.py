@@ -245,6 +245,8 @@ def _glued_text(value) -> str | None:
         return f"{int(value):,}"
     if isinstance(value, numbers.Real):
         return format(float(value), ".4g")
+    if type(value).__name__ == "Markdown" and hasattr(value, "_repr_markdown_"):  # {glue:md}
+        value = value._repr_markdown_()
     if isinstance(value, str):
         return value if len(value) <= 120 else value[:117] + "..."
     return None

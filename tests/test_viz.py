@@ -221,6 +221,8 @@ fig = plt.figure(); plt.plot([0, 1])
 glue("fig_x", fig)
 glue("n_x", 50000); glue("f_x", 0.123456); glue("s_x", "some words")
 glue("shown_x", 2.5, display=True)
+from IPython.display import Markdown
+glue("md_x", Markdown("`run.py`"))
 """
 
 
@@ -243,7 +245,7 @@ def test_a_readers_kernel_shows_glued_figures_and_values_the_build_keeps_them_fo
     if reader:
         assert printed.startswith(viz.READER_VIEW_HEADER), printed
         lines = printed.splitlines()[1:]
-        assert lines == ["  n_x = 50,000", "  f_x = 0.1235", "  s_x = some words"], lines
+        assert lines == ["  n_x = 50,000", "  f_x = 0.1235", "  s_x = some words", "  md_x = `run.py`"], lines
         assert len(images) == 1  # the figure, once (the inline backend does not show it again)
     else:
         assert printed == "" and images == []
