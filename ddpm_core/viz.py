@@ -248,7 +248,7 @@ def _glued_text(value) -> str | None:
     if type(value).__name__ == "Markdown" and hasattr(value, "_repr_markdown_"):  # {glue:md}
         value = value._repr_markdown_()
     if isinstance(value, str):
-        return value if len(value) <= 120 else value[:117] + "..."
+        return value if len(value) <= 300 else value[:297] + "..."
     return None
 
 
