@@ -219,9 +219,10 @@ def reader_kernel() -> bool:
 
     In a reader's kernel the prose shows ``{glue:text}`name``` roles instead of numbers, so
     :func:`glue` shows what the book would place: figures where they are glued, and the glued
-    values below the cell that computed them. Detected from Colab's module and from
-    ``JPY_SESSION_NAME``, which Jupyter Server sets for the kernels of the notebooks it opens;
-    the environment variable ``DDPM_GLUE_DISPLAY`` (``1`` or ``0``) decides where it is set.
+    values below the cell that computed them. Detected from Colab's module, from
+    ``JPY_SESSION_NAME``, which Jupyter Server sets for the kernels of the notebooks it opens, and
+    from ``__vsc_ipynb_file__``, which VS Code puts in its notebooks' namespace; the environment
+    variable ``DDPM_GLUE_DISPLAY`` (``1`` or ``0``) decides where it is set.
     """
     import os
     import sys
@@ -231,7 +232,14 @@ def reader_kernel() -> bool:
             raise ValueError(f"{GLUE_DISPLAY_ENV}={forced!r}: set it to 1 (show glued values under "
                              "their cells) or 0 (do not), or unset it to detect the reader's kernel")
         return forced == "1"
-    return "google.colab" in sys.modules or bool(os.environ.get("JPY_SESSION_NAME"))
+    if "google.colab" in sys.modules or os.environ.get("JPY_SESSION_NAME"):
+        return True
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    return shell is not None and "__vsc_ipynb_file__" in getattr(shell, "user_ns", {})
 
 
 def _glued_text(value) -> str | None:

@@ -266,6 +266,13 @@ def test_reader_kernel_is_detected_from_jupyter_server_or_colab_and_can_be_force
     monkeypatch.setitem(sys.modules, "google.colab", object())
     monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "")
     assert viz.reader_kernel()
+    monkeypatch.delenv(viz.GLUE_DISPLAY_ENV)
+    monkeypatch.delitem(sys.modules, "google.colab")
+    from IPython.core.interactiveshell import InteractiveShell
+    shell = InteractiveShell.instance()
+    assert not viz.reader_kernel()
+    monkeypatch.setitem(shell.user_ns, "__vsc_ipynb_file__", "/home/reader/book/03_markov_chain.ipynb")
+    assert viz.reader_kernel()  # VS Code's notebooks
     monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "yes")
     with pytest.raises(ValueError, match="DDPM_GLUE_DISPLAY='yes'.*1 .*or 0"):
         viz.reader_kernel()
