@@ -247,8 +247,9 @@ def test_a_readers_kernel_shows_glued_figures_and_values_the_build_keeps_them_fo
         lines = printed.splitlines()[1:]
         assert lines == ["  n_x = 50,000", "  f_x = 0.1235", "  s_x = some words", "  md_x = `run.py`"], lines
         assert len(images) == 1  # the figure, once (the inline backend does not show it again)
-    else:
-        assert printed == "" and images == []
+    else:  # the figure goes to myst-nb for the build; without myst-nb (Colab) it is shown anyway
+        import importlib.util
+        assert printed == "" and len(images) == (0 if importlib.util.find_spec("myst_nb") else 1)
     assert [o.output_type for o in second] == ["execute_result"]  # the values are not shown twice
 
 
