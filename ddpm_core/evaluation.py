@@ -711,7 +711,7 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
             out[name] = rec
             continue
         loss = run.history["loss"]
-        rec["loss_spikes"] = _loss_spikes(loss)
+        rec["loss_spikes"] = _loss_spikes(loss, SPIKE_WINDOW, SPIKE_FACTOR)  # the rule recorded in _settings
         rec["final_loss"] = float(loss[-50:].double().mean())
         model, d = run.ema, run.diffusion
         try:

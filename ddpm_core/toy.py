@@ -439,6 +439,7 @@ def animate_points(frames: Sequence[torch.Tensor], titles: Sequence[str] | None 
 
     if len(frames) == 0:
         raise ValueError("animate_points needs at least one frame")
+    _viz._check_alt(alt)
     if titles is not None and len(titles) != len(frames):
         raise ValueError(f"got {len(titles)} titles for {len(frames)} frames; give one per frame or none")
     fig, ax = plt.subplots(figsize=(size, size), dpi=80)

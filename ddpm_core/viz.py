@@ -206,7 +206,8 @@ def _exact_floats():
 GLUE_DISPLAY_ENV = "DDPM_GLUE_DISPLAY"
 
 #: The first line of what a reader's kernel prints below a cell that glued text values.
-READER_VIEW_HEADER = "values glued for the text (the book's prose shows them in place of {glue:text}`name`):"
+READER_VIEW_HEADER = ("values this cell glued for the text (the HTML book shows them, formatted, in place of "
+                      "{glue:text}`name`):")
 
 # the text values glued by the cell that runs now, shown below it in a reader's kernel
 _CELL_GLUED: list = []
@@ -269,6 +270,11 @@ def _show_cell_glued(result=None) -> None:
     _CELL_GLUED.clear()
 
 
+def _forget_cell_glued(info=None) -> None:
+    """IPython ``pre_run_cell`` hook: a cell starts with no glued values to show."""
+    _CELL_GLUED.clear()
+
+
 def _hook_reader_view() -> bool:
     """Register :func:`_show_cell_glued` with the running IPython shell (once); False outside IPython."""
     try:
@@ -279,6 +285,8 @@ def _hook_reader_view() -> bool:
     if shell is None:
         return False
     if not any(h is shell for h in _HOOKED):
+        # values glued where no cell ends (a widget's callback) are dropped, not printed under the next cell
+        shell.events.register("pre_run_cell", _forget_cell_glued)
         shell.events.register("post_run_cell", _show_cell_glued)
         _HOOKED.append(shell)
     return True
@@ -324,16 +332,23 @@ def _grid_or_picture(frame, nrow: int) -> np.ndarray:
     return image_grid(a, nrow=nrow)
 
 
+def _check_alt(alt: str) -> None:
+    if not isinstance(alt, str) or not alt.strip():
+        raise ValueError(f"an animation needs a non-empty alt text (got {alt!r}): say what its frames show")
+
+
 def label_animation(jshtml: str, alt: str) -> str:
     """matplotlib's ``to_jshtml`` output with a text alternative on the image that shows the frames
     and a name on the frame slider, which it lacks: what a screen reader announces for them."""
     import re
-    if not alt.strip():
-        raise ValueError("an animation needs a non-empty alt text: say what its frames show")
+    _check_alt(alt)
     text = html.escape(alt, quote=True)
-    out, n_img = re.subn(r'<img id="(_anim_img[0-9a-f]+)"', rf'<img id="\1" alt="{text}"', jshtml, count=1)
+    # functions as replacements: the alt text is inserted as it is (a backslash in it is no escape)
+    out, n_img = re.subn(r'<img id="(_anim_img[0-9a-f]+)"', lambda m: f'<img id="{m.group(1)}" alt="{text}"',
+                         jshtml, count=1)
     out, n_slider = re.subn(r'<input id="(_anim_slider[0-9a-f]+)"',
-                            rf'<input id="\1" aria-label="frame of the animation: {text}"', out, count=1)
+                            lambda m: f'<input id="{m.group(1)}" aria-label="frame of the animation: {text}"',
+                            out, count=1)
     if n_img != 1 or n_slider != 1:
         import warnings
         warnings.warn("matplotlib's animation HTML has no frame image or slider where expected; "
@@ -362,6 +377,7 @@ def animate_frames(frames: Sequence, interval: int = 120, nrow: int = 8, titles:
 
     if len(frames) == 0:
         raise ValueError("animate_frames needs at least one frame")
+    _check_alt(alt)
     if titles is not None and len(titles) != len(frames):
         raise ValueError(f"got {len(titles)} titles for {len(frames)} frames; give one per frame or none")
     pictures = [_grid_or_picture(f, nrow) for f in frames]

@@ -27,9 +27,10 @@ matplotlib.use("Agg")  # this test process only; notebook kernels keep their inl
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
+def ddpm_cache(tmp_path_factory):
     """A private DDPM_CACHE for a whole test module, so tests never read or fill the book's model
-    cache (modules that need one per test define their own ``cache``)."""
+    cache (modules that need one per test define their own ``cache``). Not named ``cache``, which
+    would hide pytest's own fixture of that name."""
     path = tmp_path_factory.mktemp("ddpm_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DDPM_CACHE", str(path))

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def extractor(cache):
+def extractor(ddpm_cache):
     torch.set_num_threads(1)
     return get_extractor("classifier:digits", device="cpu", config=ClassifierConfig(epochs=2))
 

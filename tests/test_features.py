@@ -18,12 +18,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cache(cache):
+def cache(ddpm_cache):
     """conftest's private DDPM_CACHE, with a private torch hub folder and no Inception file named."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(cache / "torch"))
+        mp.setenv("TORCH_HOME", str(ddpm_cache / "torch"))
         mp.delenv(features.INCEPTION_ENV, raising=False)
-        yield cache
+        yield ddpm_cache
 
 
 @pytest.fixture(scope="module")

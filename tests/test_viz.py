@@ -239,7 +239,7 @@ def test_a_readers_kernel_shows_glued_figures_and_values_the_build_keeps_them_fo
                                          nbformat.v4.new_code_cell("1 + 1")])
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
     first, second = (c.outputs for c in nb.cells)
-    printed = "".join(o.get("text", "") for o in first if o.output_type == "stream")
+    printed = "".join(o.get("text", "") for o in first if o.output_type == "stream" and o.name == "stdout")
     images = [o for o in first if o.output_type == "display_data" and "image/png" in o.data]
     assert not [o for o in first if o.output_type == "error"], first
     if reader:
@@ -282,15 +282,36 @@ def test_reader_kernel_is_detected_from_jupyter_server_or_colab_and_can_be_force
 def test_animations_name_their_frame_image_and_slider_for_screen_readers():
     """matplotlib's jshtml has neither an alt text on the frame image nor a name on the slider."""
     from ddpm_core import toy
-    made = {"animate_frames": viz.animate_frames([torch.zeros(2, 1, 8, 8)] * 2, alt='Digits "0" & noise'),
-            "animate_points": toy.animate_points([torch.zeros(5, 2)] * 2, alt='Digits "0" & noise')}
+    alt = r'Digits "0" & noise \sigma_t \1'  # quotes, an ampersand, and backslashes that are no regex escapes
+    made = {"animate_frames": viz.animate_frames([torch.zeros(2, 1, 8, 8)] * 2, alt=alt),
+            "animate_points": toy.animate_points([torch.zeros(5, 2)] * 2, alt=alt)}
     for name, anim in made.items():
         img = re.findall(r"<img id=\"_anim_img[^>]*>", anim.data)
         slider = re.findall(r"<input id=\"_anim_slider[^>]*>", anim.data)
-        assert len(img) == 1 and 'alt="Digits &quot;0&quot; &amp; noise"' in img[0], (name, img)
+        assert len(img) == 1 and r'alt="Digits &quot;0&quot; &amp; noise \sigma_t \1"' in img[0], (name, img)
         assert len(slider) == 1 and 'aria-label="frame of the animation: Digits &quot;0&quot;' in slider[0], (name, slider)
     assert 'alt="An animation of images' in viz.animate_frames([torch.zeros(2, 1, 8, 8)] * 2).data  # a default
     with pytest.raises(ValueError, match="non-empty alt text"):
         viz.animate_frames([torch.zeros(2, 1, 8, 8)] * 2, alt=" ")
+    with pytest.raises(ValueError, match="non-empty alt text"):
+        toy.animate_points([torch.zeros(5, 2)] * 2, alt="")
     with pytest.warns(UserWarning, match="without its alt text"):
         assert viz.label_animation("<div>no animation</div>", "x") == "<div>no animation</div>"
+
+
+def test_a_value_glued_outside_a_cell_is_not_printed_under_the_next_one(monkeypatch):
+    """A widget's callback or a silent execution glues without a cell that ends: its values are
+    dropped when the next cell starts, not shown as if that cell had glued them."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    monkeypatch.setenv(viz.GLUE_DISPLAY_ENV, "1")
+    shell = InteractiveShell.instance()
+    shell.user_ns["glue"] = viz.glue
+    shell.run_cell("glue('from_a_callback', 5)", silent=True)  # no pre/post_run_cell events
+    with capture_output() as out:
+        shell.run_cell("glue('this_cells_value', 6)")
+    assert "this_cells_value = 6" in out.stdout and "from_a_callback" not in out.stdout, out.stdout
+    with capture_output() as out:
+        shell.run_cell("x = 1")
+    assert out.stdout == ""
