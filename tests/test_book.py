@@ -6,6 +6,7 @@ The build test writes HTML to ``_build/html`` and screenshots to ``_build/screen
 """
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -266,6 +267,16 @@ def test_repository_url_is_one_setting_shared_by_readme_and_colab_links():
 
 # ----------------------------------------------------------------------------- build + browser
 
+def _reader_view_mark() -> str:
+    """The plain words that open viz.READER_VIEW_HEADER (before any character HTML would escape)."""
+    from ddpm_core import viz
+    mark = viz.READER_VIEW_HEADER.split(" (")[0]
+    assert len(mark) > 20 and mark == html.escape(mark), mark
+    return mark
+
+
+_READER_VIEW_MARK = _reader_view_mark()
+
 def _chromium() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
@@ -426,7 +437,7 @@ def test_book_builds_and_every_page_renders(built_html, browser):
         raw_roles = re.findall(r"\{(?:glue|cite)[a-z:]*\}(?:`|&#96;)[^`<]*", html_text)
         if raw_roles:
             problems.append(f"{name}: roles left as raw text {raw_roles[:3]}")
-        if "values glued for the text" in html_text:  # the reader's-kernel view (viz.reader_kernel) leaked
+        if _READER_VIEW_MARK in html_text:  # the reader's-kernel view (viz.reader_kernel) leaked
             problems.append(f"{name}: the build printed glued values under cells, as for a reader's kernel")
         if source.suffix == ".ipynb":
             want = (f"{CONFIG['launch_buttons']['colab_url'].rstrip('/')}/github/{org_repo}/blob/"
