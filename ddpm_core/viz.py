@@ -180,16 +180,21 @@ def glue_sci(*names: str, digits: int = 2) -> None:
         glue(f"{name}_sci", sci(_GLUED[name], digits))
 
 
+def _ipython_shell():
+    """The running IPython shell, or None (no IPython, or a plain Python process)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
 @contextlib.contextmanager
 def _exact_floats():
     """Floats in their full ``repr`` for as long as it lasts, whatever ``%precision`` the chapter set
     for its outputs: myst-nb reads a glued number back from its plain-text form, and
     ``{glue:text}`name:,.0f``` of 12345.678 printed as "1.235e+04" would read 12,350."""
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError:
-        shell = None
+    shell = _ipython_shell()
     formatter = shell.display_formatter.formatters["text/plain"] if shell is not None else None
     if formatter is None:
         yield
@@ -235,11 +240,7 @@ def reader_kernel() -> bool:
         return forced == "1"
     if "google.colab" in sys.modules or os.environ.get("JPY_SESSION_NAME"):
         return True
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError:
-        shell = None
+    shell = _ipython_shell()
     return shell is not None and "__vsc_ipynb_file__" in getattr(shell, "user_ns", {})
 
 
@@ -277,11 +278,7 @@ def _forget_cell_glued(info=None) -> None:
 
 def _hook_reader_view() -> bool:
     """Register :func:`_show_cell_glued` with the running IPython shell (once); False outside IPython."""
-    try:
-        from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError:
-        shell = None
+    shell = _ipython_shell()
     if shell is None:
         return False
     if not any(h is shell for h in _HOOKED):
