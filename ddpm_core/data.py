@@ -152,6 +152,18 @@ def _to_unit_range(images: np.ndarray | torch.Tensor, max_value: float) -> torch
     return (x * (2.0 / max_value) - 1.0).clamp_(-1.0, 1.0)
 
 
+def to_8bit_grid(x: torch.Tensor) -> torch.Tensor:
+    """Round images in [-1, 1] to the nearest of the 256 levels of 8-bit data, ``k / 127.5 - 1``.
+
+    The discretised decoder of the variational bound (Ho et al. 2020, eq. 13) gives each of these
+    levels a bin of width 2/255, so bits/dim are bits of 8-bit data only for images on this grid.
+    ``mnist5k`` and ``cifar10`` are on it already; the 17 grey levels of ``digits`` and resized
+    photographs (``photo-crops``, ``faces``, ``celebahq``) are not. Keeps the dtype and device.
+    """
+    levels = torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
+    return levels / 127.5 - 1.0
+
+
 def resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     """Resize ``[N, C, H, W]`` images to ``size x size`` (bilinear, antialiased), in chunks."""
     if x.shape[-2:] == (size, size):
@@ -303,9 +315,14 @@ def _unpickle(path: Path) -> dict:
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     """One ``cifar-10-batches-py`` file: a pickled dict with ``data`` uint8 [n, 3072] and ``labels``."""
-    entry = _unpickle(path)
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows hold R, G, B planes
-    return data, list(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    try:
+        entry = _unpickle(path)
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows hold R, G, B planes
+        return data, list(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError, TypeError) as err:
+        raise OSError(f"the CIFAR-10 file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                      f"delete the folder {path.parent} (it is downloaded again) or extract the "
+                      f"archive {CIFAR10_URL} there again") from err
 
 
 def _cifar10(split: str, root: str | Path | None = None, download: bool = True):
@@ -361,8 +378,9 @@ def _celebahq(split: str, root: str | Path | None = None, image_size: int = 256,
               max_images: int | None = None, test_fraction: float = 0.1):
     """Images of a folder (searched recursively), sorted by path; the last 10 % are the test set."""
     where = root if root is not None else os.environ.get("DDPM_CELEBAHQ")
-    if where is None:
-        raise FileNotFoundError("celebahq needs a folder of images: pass root='/path/to/celeba_hq' "
+    if where is None or not str(where).strip():  # a blank value would mean the current folder
+        blank = "" if where is None else (" (root is blank)" if root is not None else " ($DDPM_CELEBAHQ is blank)")
+        raise FileNotFoundError(f"celebahq needs a folder of images{blank}: pass root='/path/to/celeba_hq' "
                                 "or set the environment variable DDPM_CELEBAHQ to it")
     folder = Path(where).expanduser()
     if not folder.is_dir():
@@ -376,8 +394,15 @@ def _celebahq(split: str, root: str | Path | None = None, image_size: int = 256,
     n_test = max(1, int(round(test_fraction * len(paths))))
     paths = paths[-n_test:] if split == "test" else paths[:-n_test]
     paths = paths[:max_images] if max_images is not None else paths
+    def load(path: Path) -> np.ndarray:
+        try:
+            return _load_square(path, image_size)
+        except (OSError, ValueError) as err:  # PIL's errors do not name the file
+            raise OSError(f"cannot read the image {path} ({type(err).__name__}: {err}); replace or "
+                          f"remove it from {folder}") from err
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        images = np.stack(list(pool.map(lambda p: _load_square(p, image_size), paths)))
+        images = np.stack(list(pool.map(load, paths)))
     x = torch.cat([_to_unit_range(images[i:i + 1024], 255.0).permute(0, 3, 1, 2)
                    for i in range(0, len(images), 1024)])
     return dict(x=x.contiguous())

@@ -66,6 +66,11 @@ class GaussianDiffusion:
         self._tables64 = schedules.derived(betas)
         t64 = self._tables64
         self.num_timesteps = len(t64["betas"])
+        if self.num_timesteps < 2:
+            raise ValueError("a diffusion needs at least 2 steps: with one, the reverse process has no "
+                             "step between x_T and the decoder, and the first step's posterior variance "
+                             "(0) has no successor to stand in for it, as the reference code needs; "
+                             "use T >= 2 (or respace to 2 or more steps)")
         # fixed_large: beta_t, but the posterior variance at the first step (reference code)
         large = torch.cat([t64["posterior_variance"][1:2], t64["betas"][1:]])
         t64["fixed_large_variance"] = large
@@ -195,7 +200,12 @@ class GaussianDiffusion:
         return int(self.timestep_map[t])
 
     def model_call(self, model: Callable, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Call ``model(x_t, t)`` with the step indices it was trained on (original ones when respaced)."""
+        """Call ``model(x_t, t)`` with the step indices it was trained on (original ones when respaced).
+
+        The network sees the integer step, 0..T-1, as in Ho et al.'s code. improved-diffusion by
+        default (``rescale_timesteps=True``) passes ``t * 1000 / T`` instead, the same numbers at
+        T = 1000 but not for its T = 4000 CIFAR-10 runs: a network trained here with T = 4000
+        embeds steps up to 3999, and weights trained there expect 0..999.75."""
         return model(x_t, self.original_step(t))
 
     def split_model_output(self, model_out: torch.Tensor, x_t: torch.Tensor):

@@ -98,6 +98,15 @@ def ablation_configs(steps: int = ABLATION_STEPS, batch_size: int = ABLATION_BAT
     variances keep their FID with fewer sampling steps: ``hybrid-learned`` vs ``eps-simple``, each
     sampled over a moderate and a small number of respaced steps (see :func:`measure_ablations`).
 
+    Two conventions differ from the reference code, the same for every model: the L_vlb loss is
+    T times the drawn step's term (improved-diffusion's "rescaled KL"; Ho et al.'s code uses the
+    term itself), and every update clips the gradient's norm at ``grad_clip`` = 1.0 as Ho et al.
+    do (improved-diffusion does not clip). With the larger loss, clipping acts on almost every
+    update of the L_vlb models (their gradient norm at initialisation is about ten times that of
+    ``eps-simple``; each run's ``history["grad_norm"]`` records it before clipping). Adam divides
+    by the gradient's running scale, so this reweights their updates (a batch with a large
+    gradient counts less) more than it shrinks them.
+
     :param steps: training updates of every model (the same for all).
     :param batch_size: examples per update (the same for all).
     :return: dict name -> ``TrainConfig``, in the order above.
@@ -189,7 +198,10 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
         ``nn.Module`` is evaluated in eval mode (no dropout) and then gets its mode back.
     :param diffusion: the ``GaussianDiffusion`` the model was trained with.
     :param data_or_tensor: [N, C, H, W] images in [-1, 1], a ``data.Dataset``, or a dataset name
-        (its test split).
+        (its test split). The bound is the code length of 8-bit images, so images off the 8-bit
+        grid (the 17 grey levels of ``digits``, resized photographs) are first rounded to the
+        nearest of its 256 levels (``data.to_8bit_grid``), as the VAE and the flow of
+        ``baselines`` quantise theirs; ``off_grid`` in the result says how many values moved.
     :param n: use the first ``n`` examples (default: all).
     :param batch_size: examples per network call.
     :param strided: None (exact, all T steps) or K (an int or a ``respace`` spec).
@@ -200,11 +212,14 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
         example), ``vb`` float64 [K] (each step's term, mean over examples; index 0 is the decoder
         NLL), ``x0_mse`` float64 [K] (mean squared error of the predicted x_0 from the x_t of each
         step, on the [-1, 1] scale), ``timesteps`` long [K] (the original 0-indexed step of each
-        column), ``n``, ``steps`` (K), ``method`` (a sentence) and ``seconds``.
+        column), ``n``, ``steps`` (K), ``method`` (a sentence), ``off_grid`` (the fraction of pixel
+        values that were off the 8-bit grid and rounded to it; 0 for 8-bit data) and ``seconds``.
     """
     _check_count("batch_size", batch_size, 1)
     check_generator(generator)
-    x = _as_images(data_or_tensor, n)
+    raw = _as_images(data_or_tensor, n)
+    x = _data.to_8bit_grid(raw)
+    off_grid = float(((x - raw).abs() > 1e-4).double().mean())  # a level is 2/255 ~ 0.0078 apart
     d = diffusion if strided is None else _sampling.respace(diffusion, strided)
     K, T = d.num_timesteps, diffusion.num_timesteps
     device = _device(model)
@@ -230,7 +245,7 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
     return {
         "bpd": float(total.mean()), "bpd_se": se, "prior_bpd": float(prior.mean()),
         "decoder_bpd": float(vb[:, 0].mean()), "total_bpd": total, "vb": vb.mean(0), "x0_mse": mse.mean(0),
-        "timesteps": timesteps, "n": n_ex, "steps": K, "method": method,
+        "timesteps": timesteps, "n": n_ex, "steps": K, "method": method, "off_grid": off_grid,
         "seconds": time.perf_counter() - start,
     }
 
@@ -497,8 +512,8 @@ def _reference(dataset: str, extractor: _features.FeatureExtractor) -> tuple[_me
     return _REFERENCE_FEATURES[key]
 
 
-def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str | _features.FeatureExtractor =
-                 "classifier:mnist5k", label: str = "images", sampler: str = "real", steps=None,
+def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str | _features.FeatureExtractor |
+                 None = None, label: str = "images", sampler: str = "real", steps=None,
                  is_splits: int = 10, kid_subsets: int = 100, seed: int = 0,
                  seconds: dict | None = None) -> EvalResult:
     """FID, IS and KID of ``images`` [N, C, H, W] in [-1, 1] against the training split of ``dataset``.
@@ -506,10 +521,11 @@ def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str 
     FID (Heusel et al. 2017) uses the extractor's features of the whole training split
     (``features.reference_stats``); KID (Binkowski et al. 2018) subsets of min(1000, N) images of
     both sets; IS (Salimans et al. 2016) the extractor's class probabilities over ``is_splits`` splits.
+    ``extractor`` defaults to the dataset's own classifier, ``classifier:<dataset>``.
     """
     if len(images) < 2:
         raise ValueError(f"score_images needs at least 2 images (FID needs a covariance); got {len(images)}")
-    ext = _extractor(extractor)
+    ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
     seconds = dict(seconds or {})
     start = time.perf_counter()
     ref_stats, ref_feats = _reference(dataset, ext)
@@ -532,8 +548,30 @@ def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str 
                       is_splits=min(is_splits, len(images)), seconds=seconds, samples=images)
 
 
+def _prepare_scoring(model, diffusion, dataset: str, extractor, bpd_examples: int = 0,
+                     strided_bpd: int | str | None = None) -> _features.FeatureExtractor:
+    """Check, before any sampling, what would otherwise fail only after it (and lose the samples): the
+    dataset's name, the extractor (default ``classifier:<dataset>``) and that it takes this dataset's
+    and this model's images, the number of test images for the bound and the bound's respacing."""
+    ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
+    test = _data.load_dataset(dataset, "test").x  # an unknown name fails here, with the list of names
+    shape = (getattr(model, "in_channels", None), getattr(model, "image_size", None))
+    shape = (shape[0], shape[1], shape[1]) if None not in shape else tuple(test.shape[1:])  # unknown: not checked
+    if tuple(shape) != tuple(test.shape[1:]):
+        raise ValueError(f"the model makes images of shape {tuple(shape)}, but {dataset!r} holds "
+                         f"{tuple(test.shape[1:])}: pass the dataset the model was trained on")
+    ext.extract(test[:2])  # an extractor for other images fails here, with what it takes
+    if bpd_examples:
+        if not 0 < bpd_examples <= len(test):
+            raise ValueError(f"bpd_examples = {bpd_examples}, but {dataset!r} has {len(test)} test images; "
+                             f"pass 1 <= bpd_examples <= {len(test)}, or 0 to skip the bound")
+        if strided_bpd is not None:
+            _sampling.space_timesteps(diffusion.num_timesteps, strided_bpd)
+    return ext
+
+
 def evaluate(model: Callable, diffusion: GaussianDiffusion, dataset: str = "mnist5k", n_samples: int = 256,
-             extractor: str = "classifier:mnist5k", sampler: str = "ddim", steps: int | str | None = 50,
+             extractor: str | None = None, sampler: str = "ddim", steps: int | str | None = 50,
              bpd_examples: int = 64, strided_bpd: int | str | None = 50, seed: int = 0, batch_size: int = 256,
              progress: bool = True, label: str = "DDPM (EMA weights)") -> EvalResult:
     """Sample ``n_samples`` images and measure FID, IS and KID against the training set, and the
@@ -544,10 +582,13 @@ def evaluate(model: Callable, diffusion: GaussianDiffusion, dataset: str = "mnis
 
     Seeded: the samples come from ``torch.Generator().manual_seed(seed)``, the bound's noise from
     ``seed + 1``. The result's ``samples`` holds the images (for a figure) and ``bpd_detail`` the
-    per-step terms of the bound (for :func:`rate_distortion`).
+    per-step terms of the bound (for :func:`rate_distortion`). ``extractor`` defaults to the
+    dataset's own classifier, ``classifier:<dataset>``. Everything that scoring needs is checked
+    before sampling starts, so a wrong name or count costs no samples.
     """
     _check_count("n_samples", n_samples, 2, " (FID needs a covariance)")
     _check_count("batch_size", batch_size, 1)
+    extractor = _prepare_scoring(model, diffusion, dataset, extractor, bpd_examples, strided_bpd)
     seconds = {}
     start = time.perf_counter()
     gen = torch.Generator(device=_device(model)).manual_seed(seed)
@@ -574,7 +615,7 @@ REFERENCE_KINDS = {
 
 
 def evaluate_reference(dataset: str = "mnist5k", kind: str = "test", n: int = 256,
-                       extractor: str = "classifier:mnist5k", seed: int = 0) -> EvalResult:
+                       extractor: str | None = None, seed: int = 0) -> EvalResult:
     """FID, IS and KID of reference images, with the same rows as :func:`evaluate`: ``n`` test
     images, ``n`` training images or ``n`` noise images (see :data:`REFERENCE_KINDS`)."""
     if kind not in REFERENCE_KINDS:
@@ -598,7 +639,7 @@ def evaluate_reference(dataset: str = "mnist5k", kind: str = "test", n: int = 25
 
 
 def fid_sample_size_curve(dataset: str = "mnist5k", sizes=(50, 100, 200, 400, 1000), split: str = "test",
-                          extractor: str = "classifier:mnist5k", repeats: int = 3, kid_subsets: int = 20,
+                          extractor: str | None = None, repeats: int = 3, kid_subsets: int = 20,
                           seed: int = 0) -> dict:
     """FID and KID of ``N`` real ``split`` images against the training set, for each N in ``sizes``.
 
@@ -607,9 +648,10 @@ def fid_sample_size_curve(dataset: str = "mnist5k", sizes=(50, 100, 200, 400, 10
     Fréchet distance of noisy estimates is biased upward), while KID's unbiased estimate stays near 0.
 
     :return: dict with ``sizes`` [S], ``fid_mean``/``fid_std`` and ``kid_mean``/``kid_std`` [S]
-        over ``repeats`` random subsets, ``feature_dim`` and ``extractor``.
+        over ``repeats`` random subsets, ``feature_dim`` and ``extractor`` (default
+        ``classifier:<dataset>``).
     """
-    ext = _extractor(extractor)
+    ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
     ref_stats, ref_feats = _reference(dataset, ext)
     x = _data.load_dataset(dataset, split).x
     feats = ext.features(x)
@@ -698,6 +740,9 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
     """
     out: dict = {}
     method = None
+    trained = [run for run in runs.values() if not isinstance(run, Exception)]
+    if trained:  # names, extractor and counts checked before the first model samples
+        extractor = _prepare_scoring(trained[0].ema, trained[0].diffusion, dataset, extractor, bpd_examples)
     items = runs.items()
     if progress:
         from tqdm.auto import tqdm

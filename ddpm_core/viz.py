@@ -254,7 +254,8 @@ def _glued_text(value) -> str | None:
     if isinstance(value, numbers.Integral):
         return f"{int(value):,}"
     if isinstance(value, numbers.Real):
-        return format(float(value), ".4g")
+        v = float(value)  # 4 significant digits, but 10,000 rather than 1e+04
+        return f"{v:,.0f}" if 1e4 <= abs(v) < 1e15 else format(v, ".4g")
     if type(value).__name__ == "Markdown" and hasattr(value, "_repr_markdown_"):  # {glue:md}
         value = value._repr_markdown_()
     if isinstance(value, str):

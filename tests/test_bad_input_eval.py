@@ -183,3 +183,45 @@ def test_counts_of_zero_or_less_are_rejected_up_front(cache):
     f = torch.randn(10, 3)
     with pytest.raises(ValueError, match="num_subsets must be at least 1; got 0"):
         metrics.kid(f, f, num_subsets=0)
+
+
+# ---------------------------------------------------------------- 18. scoring checked before sampling
+def test_evaluate_checks_what_scoring_needs_before_it_samples(cache, monkeypatch):
+    """A typo in the dataset or extractor, an extractor for other images, a model for other images,
+    too many test images for the bound or a bad respacing of it: each fails before any sample is
+    drawn (at paper scale, hours of sampling would otherwise be lost)."""
+    net, d = tiny_net(), process()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the arguments were checked")
+
+    monkeypatch.setattr(evaluation, "sample_images", no_sampling)
+    ext = FlatPixels("cpu")
+    run = lambda **kw: evaluation.evaluate(net, d, **{"dataset": "digits", "n_samples": 4, "extractor": ext,
+                                                      "progress": False, **kw})
+    with pytest.raises(ValueError, match="unknown dataset 'digit'"):
+        run(dataset="digit")
+    with pytest.raises(ValueError, match="classifer:digits"):
+        run(extractor="classifer:digits")
+    with pytest.raises(ValueError, match=r"the model makes images of shape \(1, 8, 8\), but 'mnist5k' holds "
+                                         r"\(1, 28, 28\)"):
+        run(dataset="mnist5k")
+    with pytest.raises(ValueError, match=r"bpd_examples = 100000, but 'digits' has 359 test images"):
+        run(bpd_examples=100_000)
+    with pytest.raises(ValueError, match="at least one step"):
+        run(strided_bpd=0)
+    with pytest.raises(ValueError, match="at least one step"):  # the bound's respacing, checked before sampling
+        run(strided_bpd="0")
+    runs = {"a": train.TrainResult(model=net, ema=net, diffusion=d, config=train.book_config("digits"),
+                                   history={"loss": torch.ones(60)}, checkpoint=None, step=60,
+                                   sample_shape=(1, 8, 8))}
+    with pytest.raises(ValueError, match="bpd_examples = 100000"):
+        evaluation.measure_ablations(runs, extractor=ext, bpd_examples=100_000, progress=False)
+    # with no extractor named, a dataset's own classifier scores it (it was the MNIST one for every dataset)
+    seen = []
+    monkeypatch.setattr(evaluation, "_extractor", lambda e: seen.append(e) or ext)
+    monkeypatch.setattr(evaluation, "sample_images", lambda *a, **k: torch.zeros(4, 1, 8, 8))
+    ref = torch.randn(20, 64, dtype=torch.float64)
+    monkeypatch.setattr(evaluation, "_reference", lambda dataset, e: (metrics.FeatureStats().update(ref), ref))
+    evaluation.evaluate(net, d, dataset="digits", n_samples=4, bpd_examples=0, progress=False)
+    assert seen[0] == "classifier:digits"

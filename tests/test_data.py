@@ -56,6 +56,20 @@ def test_two_loads_are_identical(name):
     assert (a.y is None and b.y is None) or torch.equal(a.y, b.y)
 
 
+def test_to_8bit_grid_keeps_8bit_images_and_rounds_other_levels_to_the_nearest_8bit_one():
+    mnist = data.load_dataset("mnist5k", "test").x[:64]
+    assert float((data.to_8bit_grid(mnist) - mnist).abs().max()) < 1e-6  # already 8-bit
+    digits = data.load_dataset("digits", "test").x[:64].double()
+    levels = torch.round((digits + 1) * 8)  # the digits' 17 grey levels v = 0..16
+    assert torch.allclose(levels, (digits + 1) * 8, atol=1e-5)
+    want = torch.round(levels * 255 / 16) / 127.5 - 1  # the nearest 8-bit value 255 v / 16, rounded
+    got = data.to_8bit_grid(digits)
+    assert got.dtype == torch.float64 and torch.allclose(got, want, atol=1e-12)
+    assert float((got - digits).abs().max()) <= 1 / 255 + 1e-12  # at most half a level
+    assert torch.equal(data.to_8bit_grid(got), got)  # idempotent
+    assert float(data.to_8bit_grid(torch.tensor([-1.5, 1.2])).abs().max()) == 1.0  # clamped
+
+
 def test_stratified_splits_keep_class_balance():
     train = load_dataset("mnist5k", "train")
     assert torch.bincount(train.y).tolist() == [400] * 10
@@ -306,6 +320,30 @@ def test_celebahq_env_variable_and_default_size(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_CELEBAHQ", str(tmp_path / "faces"))
     ds = load_dataset("celebahq", "test")
     assert ds.shape == (3, 256, 256) and len(ds) == 1
+
+
+def test_a_blank_celebahq_folder_is_refused_rather_than_read_as_the_current_folder(tmp_path, monkeypatch):
+    write_fake_celebahq(tmp_path, n=4)  # images in the current folder, which a blank value would mean
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DDPM_CELEBAHQ", " ")
+    with pytest.raises(FileNotFoundError, match=r"needs a folder of images \(\$DDPM_CELEBAHQ is blank\)"):
+        load_dataset("celebahq", image_size=8)
+    with pytest.raises(FileNotFoundError, match=r"\(root is blank\)"):
+        load_dataset("celebahq", root="", image_size=8)
+
+
+def test_an_unreadable_image_or_cifar10_file_is_named(tmp_path):
+    write_fake_celebahq(tmp_path / "celeba")
+    bad = tmp_path / "celeba" / "00002.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # a truncated download
+    with pytest.raises(OSError, match=rf"cannot read the image {bad} .*replace or remove it"):
+        load_dataset("celebahq", root=tmp_path / "celeba", image_size=8)
+    folder = write_fake_cifar10(tmp_path / "cifar")
+    batch = folder / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    with pytest.raises(OSError, match=rf"the CIFAR-10 file {batch} is corrupt or truncated.*delete the folder"):
+        load_dataset("cifar10", root=tmp_path / "cifar", download=False)
+    assert load_dataset("cifar10", "test", root=tmp_path / "cifar", download=False).x.shape[0] == 3
 
 
 def test_celebahq_missing_folder_names_folder_and_variable(tmp_path, monkeypatch):

@@ -78,6 +78,9 @@ def test_variance_types_follow_the_reference_definitions():
     t = torch.tensor([0, 1, 49])
     large = GaussianDiffusion(b, var_type="fixed_large").p_mean_variance(torch.zeros_like(x_t), x_t, t)
     assert torch.allclose(large["variance"][:, 0], torch.stack([tab["posterior_variance"][1], b[1], b[49]]))
+    # and its log (which the decoder term L_0 uses at t = 0) is that of the same table, not log beta_0
+    assert torch.allclose(large["log_variance"][:, 0],
+                          torch.log(torch.stack([tab["posterior_variance"][1], b[1], b[49]])), rtol=1e-12)
     small = GaussianDiffusion(b, var_type="fixed_small").p_mean_variance(torch.zeros_like(x_t), x_t, t)
     assert torch.allclose(small["variance"][:, 0], tab["posterior_variance"][t])
     v = torch.tensor([[-1.0, -1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
@@ -190,6 +193,12 @@ def test_clear_errors_for_bad_names_steps_and_outputs():
         make(loss_type="l2")
     with pytest.raises(ValueError, match="no gradient"):
         make(var_type="learned_range", loss_type="simple")
+    with pytest.raises(ValueError, match="at least 2 steps.*respace to 2"):
+        GaussianDiffusion(torch.tensor([0.5], dtype=torch.float64), var_type="fixed_large")
+    from ddpm_core import sampling
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        sampling.respace(make(100), 1)
+    assert sampling.respace(make(100), 2).num_timesteps == 2
     d = make(100)
     x = torch.zeros(2, 3, 4, 4)
     with pytest.raises(ValueError, match=r"0\.\.99"):

@@ -53,6 +53,24 @@ def test_bits_per_dim_of_an_oracle_is_below_8_bits_with_the_prior_near_0(digits1
     assert 0 < b["bpd_se"] < b["bpd"]
 
 
+def test_bits_per_dim_scores_images_off_the_8bit_grid_as_their_nearest_8bit_levels(digits16):
+    # the 17 grey levels v/16 of the digits are 8-bit values only at v = 0 and v = 16 (255 v / 16 is an
+    # integer only there), so every pixel strictly between -1 and 1 is off the grid
+    d = cosine()
+    grid = data.to_8bit_grid(digits16)
+    oracle = make_oracle(d, grid)
+    seed = lambda: torch.Generator().manual_seed(5)
+    raw = evaluation.bits_per_dim(oracle, d, digits16, progress=False, generator=seed())
+    on = evaluation.bits_per_dim(oracle, d, grid, progress=False, generator=seed())
+    assert torch.equal(raw["total_bpd"], on["total_bpd"]) and raw["bpd"] == on["bpd"]
+    inside = ((digits16 > -1 + 1e-9) & (digits16 < 1 - 1e-9)).double().mean()
+    assert 0.2 < float(inside) < 0.8 and raw["off_grid"] == pytest.approx(float(inside), abs=1e-12)
+    assert on["off_grid"] == 0
+    # scored as they are, the unrounded digits would get other decoder bins, and another bound
+    direct = d.bpd(oracle, digits16, noise_generator=seed())
+    assert not torch.allclose(direct["total_bpd"].double(), raw["total_bpd"], rtol=1e-6)
+
+
 def test_strided_bound_with_all_steps_equals_the_exact_one_and_fewer_steps_is_cheaper(digits16):
     d = cosine()
     oracle = make_oracle(d, digits16)

@@ -94,6 +94,7 @@ def test_measure_ablations_records_each_models_kid_and_its_few_step_fid(monkeypa
     monkeypatch.setattr(evaluation, "sample_images", sample)
     monkeypatch.setattr(evaluation, "score_images", score)
     monkeypatch.setattr(evaluation, "_test_bpd", lambda *a: (2.0, 0.1, "fake"))
+    monkeypatch.setattr(evaluation, "_prepare_scoring", lambda model, d, dataset, extractor, *a: extractor)
     runs = {name: SimpleNamespace(history={"loss": torch.ones(60)}, ema=name, diffusion=None)
             for name in ("eps-simple", "mu-simple")}
     m = evaluation.measure_ablations(runs, extractor=SimpleNamespace(name="fake"), n_samples=4, steps=50,

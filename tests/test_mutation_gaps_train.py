@@ -145,7 +145,7 @@ def test_cache_key_changes_with_every_field_that_changes_the_result_and_with_no_
 
 
 @pytest.mark.parametrize("name, value", [("seed", 4), ("ema_decay", 0.98), ("ema_warmup", False),
-                                         ("warmup_steps", 4), ("grad_clip", 0.5), ("dropout", 0.2),
+                                         ("warmup_steps", 4), ("batch_size", 16), ("dropout", 0.2),
                                          ("timestep_sampler", "loss-second-moment")])
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, name, value):
     """A run folder trained with one configuration is not continued by a run that differs in any

@@ -79,6 +79,15 @@ def test_discretized_likelihood_sums_to_one_over_256_values(mean, log_scale):
     assert float(logp.exp().sum()) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_discretized_likelihood_floors_a_vanishing_bin_probability_at_1e_minus_12():
+    # the reference code clamps each bin's probability at 1e-12 before the log: an interior bin, the
+    # lowest one (x = -1, mass below -1 + 1/255) and the highest (x = 1), each far from a sharp Gaussian
+    x = torch.tensor([0.2, -1.0, 1.0], dtype=torch.float64)
+    mean = torch.tensor([-0.9, 0.9, -0.9], dtype=torch.float64)
+    logp = losses.discretized_gaussian_log_likelihood(x, mean, torch.full_like(x, math.log(0.01)))
+    assert torch.equal(logp, torch.full_like(x, math.log(1e-12)))
+
+
 def test_discretized_likelihood_of_interior_bin_matches_exact_gaussian_mass():
     x = torch.tensor([0.2], dtype=torch.float64)
     sigma = 0.05

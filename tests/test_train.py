@@ -110,10 +110,10 @@ def test_progress_bar_shows_the_loss(capsys):
 
 def test_resume_refuses_a_different_configuration(tmp_path):
     tr.train(toy(steps=4), out_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match=r"lr: 0.001 in the checkpoint, 0.002 now"):
-        tr.train(toy(lr=2e-3), out_dir=tmp_path, progress=False)
-    fresh = tr.train(toy(lr=2e-3, steps=2), out_dir=tmp_path, resume=False, progress=False)
-    assert fresh.step == 2 and tr.read_checkpoint(tmp_path / "last.pt")["config"]["lr"] == 2e-3
+    with pytest.raises(ValueError, match=r"ema_decay: 0.99 in the checkpoint, 0.9 now"):
+        tr.train(toy(ema_decay=0.9), out_dir=tmp_path, progress=False)
+    fresh = tr.train(toy(ema_decay=0.9, steps=2), out_dir=tmp_path, resume=False, progress=False)
+    assert fresh.step == 2 and tr.read_checkpoint(tmp_path / "last.pt")["config"]["ema_decay"] == 0.9
 
 
 # ---------------------------------------------------------------------- divergence and bad files
@@ -135,6 +135,56 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     for p in list(good.model.parameters()) + list(good.ema.parameters()):
         assert torch.isfinite(p).all()
     assert torch.isfinite(good.history["loss"]).all()
+
+
+def test_a_diverged_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(tmp_path):
+    config = toy(steps=20, grad_clip=None, log_every=1, checkpoint_every=5)
+
+    def poison_at_7(info: tr.StepInfo):
+        if info.step == 7:
+            with torch.no_grad():
+                next(info.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(tr.TrainingDivergedError) as err:
+        tr.train(config, out_dir=tmp_path, progress=False, callback=poison_at_7)
+    message = str(err.value)
+    # the advice fits the run: its lr, clipping off (so: clip), fp32 already (so nothing about precision)
+    assert "lower lr (now 0.001)" in message and "grad_clip=1.0" in message and "fp32" not in message
+    assert "run again with the same out_dir" in message and tr.read_checkpoint(tmp_path / "last.pt")["step"] == 5
+    # following it works: lr and grad_clip may change on resume (with a warning), other fields may not
+    with pytest.warns(UserWarning, match=r"resuming .* at step 5 with another lr and grad_clip"):
+        r = tr.train(config.replace(lr=5e-4, grad_clip=1.0), out_dir=tmp_path, progress=False)
+    assert r.step == 20 and all(torch.isfinite(p).all() for p in r.ema.parameters())
+    assert tr.read_checkpoint(tmp_path / "last.pt")["config"]["lr"] == 5e-4  # the new values are recorded
+    with pytest.raises(ValueError, match=r"configuration differs \(T: .*only lr, grad_clip, precision may change"):
+        tr.train(config.replace(lr=5e-4, grad_clip=1.0, T=60, steps=30), out_dir=tmp_path, progress=False)
+
+
+def test_an_error_between_updates_keeps_the_updates_made_and_is_raised(tmp_path, capsys):
+    def broken_callback(info: tr.StepInfo):
+        if info.step == 4:
+            raise RuntimeError("bug in my plotting callback")
+
+    with pytest.raises(RuntimeError, match="plotting callback"):
+        tr.train(toy(checkpoint_every=100), out_dir=tmp_path, progress=False, callback=broken_callback)
+    assert tr.read_checkpoint(tmp_path / "last.pt")["step"] == 4  # not lost (checkpoints come every 100)
+    assert "stopped by RuntimeError: saved step 4" in capsys.readouterr().err
+    full = tr.train(toy(), out_dir=tmp_path / "full", progress=False)
+    again = tr.train(toy(), out_dir=tmp_path, progress=False)  # and the run goes on as if nothing happened
+    assert_same_state(state_of(again), state_of(full))
+
+
+def test_a_checkpoint_that_cannot_be_written_says_where_and_that_the_last_one_is_kept(tmp_path, monkeypatch):
+    tr.train(toy(steps=6), out_dir=tmp_path, progress=False)
+
+    def full_disk(path, write, durable=False):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tr.runtime, "atomic_write", full_disk)
+    with pytest.raises(OSError, match=rf"could not write the checkpoint of step 12 to {tmp_path}.*No space left"
+                                      r".*disk full.*at step 6, is kept"):
+        tr.train(toy(steps=12), out_dir=tmp_path, progress=False)
+    assert tr.read_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
 def test_truncated_or_corrupted_checkpoint_names_the_file(tmp_path):

@@ -253,6 +253,19 @@ def test_a_readers_kernel_shows_glued_figures_and_values_the_build_keeps_them_fo
     assert [o.output_type for o in second] == ["execute_result"]  # the values are not shown twice
 
 
+def test_the_readers_view_writes_numbers_as_a_reader_reads_them():
+    text = viz._glued_text
+    assert text(2000) == "2,000" and text(np.int64(50000)) == "50,000" and text(True) == "True"
+    assert text(10000.0) == "10,000" and text(-53785.89) == "-53,786"  # not 1e+04
+    assert text(0.029184) == "0.02918" and text(4.036e-05) == "4.036e-05" and text(1212.34) == "1212"
+    assert text(np.float32(0.5)) == "0.5" and text(torch.tensor(3.25)) == "3.25" and text(2e15) == "2e+15"
+    assert text("x" * 400).endswith("...") and len(text("x" * 400)) == 300
+    import matplotlib.pyplot as plt
+    fig = plt.figure()
+    assert text(fig) is None  # figures are shown, not listed
+    plt.close(fig)
+
+
 def test_reader_kernel_is_detected_from_jupyter_server_or_colab_and_can_be_forced(monkeypatch):
     import sys
     monkeypatch.delenv(viz.GLUE_DISPLAY_ENV, raising=False)
