@@ -485,7 +485,8 @@ def strided_bpd(d: _diffusion.GaussianDiffusion, model: Callable, x0: torch.Tens
     bound (with the same noise as ``d.bpd`` for the same generator). A fixed step per block would be
     biased: the terms change fastest at small t.
 
-    :param x0: the [N x C x H x W] images in [-1, 1]. :return: [N] bits/dim.
+    :param x0: the [N x C x H x W] images in [-1, 1], on the 8-bit grid for bits of 8-bit data
+        (``data.to_8bit_grid``; ``evaluation.bits_per_dim`` rounds them itself). :return: [N] bits/dim.
     """
     if stride < 1:
         raise ValueError(f"stride must be a positive number of steps, got {stride}")

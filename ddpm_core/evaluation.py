@@ -12,6 +12,7 @@ import math
 import numbers
 import re
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
@@ -145,6 +146,14 @@ def _as_images(data_or_tensor, n: int | None, split: str = "test") -> torch.Tens
     return x
 
 
+def _warn_if_unit_range(x: torch.Tensor, what: str) -> None:
+    """Images in [0, 1] pass the [-1, 1] range check and give wrong numbers: warn when a batch of
+    several images has no pixel below 0 (real images in [-1, 1] have dark pixels)."""
+    if len(x) >= 4 and x.is_floating_point() and float(x.min()) >= 0:
+        warnings.warn(f"{what}: no pixel of these {len(x)} images is below 0, as if they were in [0, 1] "
+                      "(e.g. torchvision's ToTensor); the book's images are in [-1, 1]: map them with 2 * x - 1")
+
+
 def _check_count(name: str, value, least: int, why: str = "") -> None:
     """Reject a count (of samples, of a batch) below ``least`` before any work is done."""
     if not isinstance(value, numbers.Integral) or value < least:
@@ -218,6 +227,7 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
     _check_count("batch_size", batch_size, 1)
     check_generator(generator)
     raw = _as_images(data_or_tensor, n)
+    _warn_if_unit_range(raw, "bits_per_dim")
     x = _data.to_8bit_grid(raw)
     off_grid = float(((x - raw).abs() > 1e-4).double().mean())  # a level is 2/255 ~ 0.0078 apart
     d = diffusion if strided is None else _sampling.respace(diffusion, strided)
@@ -526,6 +536,8 @@ def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str 
     if len(images) < 2:
         raise ValueError(f"score_images needs at least 2 images (FID needs a covariance); got {len(images)}")
     ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
+    if isinstance(images, torch.Tensor):
+        _warn_if_unit_range(images, "score_images")
     seconds = dict(seconds or {})
     start = time.perf_counter()
     ref_stats, ref_feats = _reference(dataset, ext)
@@ -795,7 +807,7 @@ def _test_bpd(model, d, dataset: str, n: int, stride: int | None, seed: int) -> 
         return b["bpd"], b["bpd_se"], b["method"]
     from . import bench
 
-    x = _as_images(dataset, n).to(_device(model))
+    x = _data.to_8bit_grid(_as_images(dataset, n)).to(_device(model))  # as bits_per_dim scores them
     per_image = bench.strided_bpd(d, model, x, stride, noise_generator=gen).double().cpu()
     method = (f"stratified estimate of the exact T = {d.num_timesteps}-step bound: the first "
               f"{bench.STRIDED_EXACT_STEPS} steps exactly, then one random step per image in every {stride} "

@@ -15,6 +15,7 @@ to be full rank); KID is unbiased, which makes it the honest number for small sa
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -219,6 +220,9 @@ def inception_score(logits: ArrayLike, splits: int = 10) -> tuple[float, float]:
     n = x.shape[0]
     if not 1 <= splits <= n:
         raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
+    if x.shape[1] > 1 and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=1e-4):
+        warnings.warn("inception_score takes logits, but every row of these is non-negative and sums to 1, "
+                      "like probabilities: pass their log (np.log(p)), or the score comes out near 1")
     log_p = x - x.max(axis=1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))  # log softmax
     p = np.exp(log_p)

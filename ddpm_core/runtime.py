@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -122,9 +123,17 @@ def workers(n_jobs: int) -> int:
     return max(1, min(n, n_jobs))
 
 
-def _worker_init(env: dict) -> None:
+_STOP = None  # in a prefetch worker: the pool's "interrupted" event
+
+
+def _worker_init(env: dict, stop=None) -> None:
+    global _STOP
+    _STOP = stop
     os.environ.update(env)
     torch.set_num_threads(1)  # one core per worker: these small models gain little from a second thread
+    # Ctrl-C in a terminal reaches the whole process group: an idle worker ignores it (prefetch stops
+    # the pool itself), a training one gets the trainer's handler (it saves, then stops)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def prefetch(fn, jobs: list[tuple], desc: str = "training", progress: bool = True) -> list:
@@ -137,6 +146,11 @@ def prefetch(fn, jobs: list[tuple], desc: str = "training", progress: bool = Tru
     best effort: a job that fails here is simply not cached, and the caller's own in-process call
     trains it again and raises the error with its full traceback. ``fn`` must be importable (a
     module-level function); the workers see the caller's ``DDPM_CACHE`` and profile.
+
+    Ctrl-C (or the kernel's interrupt) stops it: jobs not yet started are dropped, running ones get
+    the interrupt too (a training run saves its checkpoint and stops), and ``KeyboardInterrupt`` is
+    raised. Where worker processes cannot start (a script without ``if __name__ == "__main__":``),
+    it warns and leaves the jobs to the caller.
     """
     n = workers(len(jobs))
     if n < 2:
@@ -150,15 +164,37 @@ def prefetch(fn, jobs: list[tuple], desc: str = "training", progress: bool = Tru
            "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     results: list = [None] * len(jobs)
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe after torch has started its threads
-    with cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init, initargs=(env,)) as pool:
+    stop = ctx.Event()  # set on an interrupt: a job the pool had already queued then does not start
+    pool = cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init, initargs=(env, stop))
+    futures: dict = {}
+    try:
         futures = {pool.submit(_call, fn, job): i for i, job in enumerate(jobs)}
         for fut in tqdm(cf.as_completed(futures), total=len(jobs), desc=f"{desc} ({n} processes)",
                         disable=not progress):
             results[futures[fut]] = fut.result()
+    except KeyboardInterrupt:
+        stop.set()
+        for fut in futures:
+            fut.cancel()
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except (ProcessLookupError, OSError):
+                pass
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    except cf.process.BrokenProcessPool as err:
+        warnings.warn(f"the worker processes of {desc!r} could not run ({err}); training in this process instead. "
+                      "In a script, put the code under `if __name__ == \"__main__\":`, or set DDPM_WORKERS=1")
+        pool.shutdown(wait=False, cancel_futures=True)
+        return results
+    pool.shutdown(wait=True)
     return results
 
 
 def _call(fn, job: tuple):
+    if _STOP is not None and _STOP.is_set():
+        return "KeyboardInterrupt: not started, the pool was interrupted"
     try:
         return fn(*job)
     except Exception as e:  # noqa: BLE001 - reported to the caller, who retries in-process

@@ -402,6 +402,13 @@ def read_checkpoint(path: str | Path) -> dict:
         folder = f" (a folder without {CHECKPOINT_NAME})" if path.is_dir() else ""
         raise FileNotFoundError(f"no checkpoint at {path}{folder}")
     advice = "delete it (a run in that folder then starts afresh) or pick another checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head and not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip, or a legacy pickle
+        shown = head[:24].decode("utf-8", "replace").split("\n")[0]
+        raise CheckpointError(f"{path} is not a PyTorch file (it starts with {shown!r}; a checkpoint of "
+                              f"ddpm_core.train is a zip archive written by torch.save): pick the run's "
+                              f"{CHECKPOINT_NAME}, or download it again if it came from the web")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle, EOF and unpickler errors all mean the same thing here

@@ -220,8 +220,32 @@ def test_evaluate_checks_what_scoring_needs_before_it_samples(cache, monkeypatch
     # with no extractor named, a dataset's own classifier scores it (it was the MNIST one for every dataset)
     seen = []
     monkeypatch.setattr(evaluation, "_extractor", lambda e: seen.append(e) or ext)
-    monkeypatch.setattr(evaluation, "sample_images", lambda *a, **k: torch.zeros(4, 1, 8, 8))
+    monkeypatch.setattr(evaluation, "sample_images", lambda *a, **k: torch.full((4, 1, 8, 8), -1.0))
     ref = torch.randn(20, 64, dtype=torch.float64)
     monkeypatch.setattr(evaluation, "_reference", lambda dataset, e: (metrics.FeatureStats().update(ref), ref))
     evaluation.evaluate(net, d, dataset="digits", n_samples=4, bpd_examples=0, progress=False)
     assert seen[0] == "classifier:digits"
+
+
+# ---------------------------------------------------------------- 19. images in [0, 1], probabilities as logits
+def test_images_in_0_1_and_probabilities_passed_as_logits_are_warned_about(cache, recwarn):
+    """The most common scale mistakes pass the range checks: images in [0, 1] (torchvision's ToTensor)
+    and softmax probabilities where inception_score takes logits. Each gets a warning that says what
+    to do; images in [-1, 1] and real logits get none."""
+    net, d = tiny_net(), process()
+    x = torch.rand(8, 1, 8, 8) * 2 - 1
+    ext = FlatPixels("cpu")
+    ref = torch.randn(20, 64, dtype=torch.float64)
+    evaluation._REFERENCE_FEATURES[("digits", id(ext))] = (metrics.FeatureStats().update(ref), ref)
+    evaluation.score_images(x, "digits", ext)
+    evaluation.bits_per_dim(net, d, x, progress=False)
+    logits = torch.randn(50, 10)
+    metrics.inception_score(logits, splits=5)
+    assert not [w for w in recwarn if "[0, 1]" in str(w.message) or "logits" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"score_images: no pixel of these 8 images is below 0.*2 \* x - 1"):
+        evaluation.score_images((x + 1) / 2, "digits", ext)
+    with pytest.warns(UserWarning, match=r"bits_per_dim: no pixel of these 8 images is below 0"):
+        evaluation.bits_per_dim(net, d, (x + 1) / 2, progress=False)
+    with pytest.warns(UserWarning, match=r"takes logits.*np\.log\(p\)"):
+        metrics.inception_score(torch.softmax(logits, 1), splits=5)
+    del evaluation._REFERENCE_FEATURES[("digits", id(ext))]

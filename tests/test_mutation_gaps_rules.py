@@ -111,9 +111,13 @@ def test_ablation_bound_standard_error_is_the_spread_over_sqrt_n(monkeypatch):
     from ddpm_core import bench
 
     per = torch.tensor([3.0, 3.4, 2.8, 3.9, 3.1, 2.6, 3.3, 3.5, 3.0], dtype=torch.float64)
-    monkeypatch.setattr(bench, "strided_bpd", lambda d, model, x, stride, noise_generator: per[:len(x)])
+    seen = []
+    monkeypatch.setattr(bench, "strided_bpd", lambda d, model, x, stride, noise_generator: seen.append(x) or per[:len(x)])
     d = SimpleNamespace(num_timesteps=100)
     mean, se, method = evaluation._test_bpd(lambda x, t: x, d, "digits", 9, 10, 0)
+    from ddpm_core import data
+    # the digits' 17 levels are rounded to the 8-bit grid first, as bits_per_dim does
+    assert torch.equal(seen[0], data.to_8bit_grid(data.load_dataset("digits", "test").x[:9]))
     assert mean == pytest.approx(float(per.mean()))
     assert se == pytest.approx(float(np.std(per.numpy(), ddof=1)) / 3.0, rel=1e-9)
     assert method.startswith("stratified estimate")

@@ -199,6 +199,12 @@ def test_truncated_or_corrupted_checkpoint_names_the_file(tmp_path):
     path.write_bytes(b"not a checkpoint at all" * 10)
     with pytest.raises(tr.CheckpointError, match=str(path)):
         tr.load_checkpoint(path)
+    path.write_bytes(b"<!DOCTYPE html>\n<html><body>404 Not Found</body></html>")  # a failed download
+    with pytest.raises(tr.CheckpointError, match=r"is not a PyTorch file \(it starts with '<!DOCTYPE html>'"):
+        tr.load_checkpoint(path)
+    path.write_text('{"lr": 0.001}')  # the run's config.json picked by mistake
+    with pytest.raises(tr.CheckpointError, match=r"not a PyTorch file .*pick the run's last.pt"):
+        tr.load_checkpoint(path)
     torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(tr.CheckpointError, match="not a ddpm_core training checkpoint"):
         tr.load_checkpoint(path)
@@ -435,6 +441,24 @@ def test_models_trained_side_by_side_in_workers_equal_in_process_training(tmp_pa
                 assert torch.equal(a, b), f"{name}.{k} differs"
     assert not torch.equal(next(iter(results[0].ema.state_dict().values())),
                            next(iter(results[1].ema.state_dict().values())))  # two different seeds
+
+
+def test_an_interrupt_stops_prefetch_without_starting_the_jobs_still_queued(tmp_path, monkeypatch):
+    """Ctrl-C (the kernel's interrupt: SIGINT to this process only) while two workers run the first
+    two of four jobs: the queued two never start, and KeyboardInterrupt reaches the caller (before,
+    the pool went on with every queued job)."""
+    import signal
+    import subprocess
+    import threading
+
+    from ddpm_core import runtime
+
+    monkeypatch.setenv("DDPM_WORKERS", "2")
+    jobs = [(["sh", "-c", f"sleep 6 && touch {tmp_path}/done{i}"],) for i in range(4)]
+    threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        runtime.prefetch(subprocess.run, jobs, progress=False)
+    assert len(list(tmp_path.glob("done*"))) <= 2  # the running ones may finish; the queued ones did not start
 
 
 def test_prefetch_reports_failures_and_respects_ddpm_workers(monkeypatch):
