@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     From the command line (``argv`` None), a value that the library refuses (a ``ValueError``, a
     missing or unreadable checkpoint, samples that are not finite) is reported as argparse reports
     its own errors: one line ``error: ...`` and exit code 2 (a training run that diverged: the same
-    line, exit code 1; its last good checkpoint is kept). Called with an ``argv`` list (from
+    line, exit code 1; its last good checkpoint is kept). A ``RuntimeError`` or ``OSError`` (no CUDA
+    device, a failed download, a folder that refuses writes) is one line with exit code 1, Ctrl-C
+    exit code 130 (a training run saves its checkpoint first). Called with an ``argv`` list (from
     Python: tests, notebooks), ``main`` raises the exception instead."""
     from .sampling import NonFiniteSampleError
     from .train import CheckpointError, TrainingDivergedError
@@ -240,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         # a refused value is a usage error (2); a run that diverged ran and failed (1)
         code = 1 if isinstance(e, TrainingDivergedError) else 2
         parser.exit(code, f"{parser.prog} {args.command}: error: {e}\n")
+    except (RuntimeError, OSError) as e:  # no CUDA, a failed download, a folder that refuses writes
+        if argv is not None:
+            raise
+        parser.exit(1, f"{parser.prog} {args.command}: error: {type(e).__name__}: {e}\n")
+    except KeyboardInterrupt:  # Ctrl-C: the trainer has saved its checkpoint and said so
+        if argv is not None:
+            raise
+        parser.exit(130, f"{parser.prog} {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":

@@ -873,7 +873,7 @@ class _Trainer:
             self.check(collective=False)
             self.save(gather=False)
             bar.write(f"interrupted: saved step {self.step} to {self.out_dir / CHECKPOINT_NAME}; "
-                      "run again with resume=True to continue", file=sys.stderr)
+                      "run the same training again to continue from there", file=sys.stderr)
             raise
         except TrainingDivergedError:
             raise  # its last good checkpoint is kept; the current state is not good

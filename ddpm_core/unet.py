@@ -258,6 +258,8 @@ class UNet(nn.Module):
         # ~1.1x faster training and sampling on CPU (oneDNN) and the layout of GPU tensor-core kernels.
         # Kept by .to(), deepcopy and load_state_dict; net.to(memory_format=torch.contiguous_format) undoes it.
         self.to(memory_format=torch.channels_last)
+        # each downsampling halves the sides, and the way up must meet the same sizes again
+        self.side_multiple = 2 ** sum(not isinstance(level.resample, nn.Identity) for level in self.down)
 
     def _init_weights(self, init: str) -> None:
         if init == "ddpm":  # TF variance_scaling(1, fan_avg, uniform) == Xavier uniform, biases zero
@@ -282,6 +284,12 @@ class UNet(nn.Module):
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be a 1-D tensor with one step per image, shape ({x_t.shape[0]},); "
                              f"got shape {tuple(t.shape)}. Use torch.full((N,), step) for a shared step")
+        m = self.side_multiple
+        if x_t.shape[-2] % m or x_t.shape[-1] % m:
+            raise ValueError(f"this UNet halves the image sides {m.bit_length() - 1} times, so it takes sides that "
+                             f"are multiples of {m} (it was built for {self.image_size}x{self.image_size}); got "
+                             f"{x_t.shape[-2]}x{x_t.shape[-1]}. Resize the images (data.load_dataset(..., "
+                             f"image_size=...)) or build a network for that size")
         t_emb = timestep_embedding(t, self.base_channels, self.time_embedding)
         emb = self.time_mlp(t_emb.to(self.conv_in.weight.dtype))  # (N, 4 base_channels)
         h = self.conv_in(x_t)

@@ -2,6 +2,7 @@
 error that says what was wrong and what to do (the audit's items 2-19), before any work is lost."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -94,6 +95,18 @@ def test_unet_and_time_mlp_refuse_an_int_step_and_a_wrong_point_shape():
         small_net()(images(), 5)
     with pytest.raises(ValueError, match=r"TimeMLP expects x_t of shape \[N, dim\] with dim = 2; got \(4, 2, 1\)"):
         unet.TimeMLP()(torch.randn(4, 2, 1), torch.arange(4))
+
+
+def test_unet_names_the_image_sides_it_can_take():
+    net = unet.build_model("cpu-digits")  # 8x8, one downsampling
+    assert net.side_multiple == 2 and net(torch.randn(2, 1, 8, 8), torch.tensor([1, 2])).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"halves the image sides 1 times, so it takes sides that are multiples of 2 "
+                                         r"\(it was built for 8x8\); got 7x7"):
+        net(torch.randn(2, 1, 7, 7), torch.tensor([1, 2]))
+    crops = unet.build_model("cpu-crops")  # 32x32, three downsamplings: 28 = 3.5 x 8 cannot go down and up
+    assert crops.side_multiple == 8 == 2 ** (len(unet.PRESETS["cpu-crops"]["channel_mult"]) - 1)
+    with pytest.raises(ValueError, match=r"multiples of 8 \(it was built for 32x32\); got 28x28"):
+        crops(torch.randn(1, 3, 28, 28), torch.tensor([1]))
 
 
 # ---------------------------------------------------------------------- 6, 7, 13: the trainer
@@ -209,6 +222,19 @@ def test_cli_program_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
                           "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"python -m ddpm_core sample: error: no checkpoint at {tmp_path / 'no.pt'}"
+
+
+def test_cli_program_reports_a_runtime_error_in_one_line(tmp_path):
+    # DDPM_PROFILE=gpu on a machine without CUDA: the library's RuntimeError, not a traceback
+    env = {**os.environ, "DDPM_PROFILE": "gpu", "DDPM_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "ddpm_core", "train", "--book-config", "toy-ring", "--steps", "1",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "python -m ddpm_core train: error: RuntimeError: DDPM_PROFILE=gpu but no CUDA device is visible; "
+        "unset it or use 'cpu'"]
 
 
 # ---------------------------------------------------------------------- 18: DDPM_CACHE
