@@ -275,6 +275,8 @@ def _faces(split: str):
 
 def _toy(name: str, split: str, n: int | None = None):
     """2-D toys; train and test are independent draws (seeds SEED and SEED + 1)."""
+    if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"n is the number of points to draw, a positive int; got {n!r}")
     n = n if n is not None else (10_000 if split == "train" else 2_000)
     rng = np.random.default_rng(SEED + (split == "test"))
     if name == "swissroll":

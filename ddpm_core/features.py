@@ -244,8 +244,14 @@ class InceptionExtractor(FeatureExtractor):
             self.name = "Inception-v3 with RANDOM weights (a test network, not the FID one)"
             self.key = None
         else:
-            state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-            self.net.load_state_dict(state)
+            try:
+                state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+                self.net.load_state_dict(state)
+            except Exception as err:  # not a torch file, a truncated download, another network's weights
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"{self.weights_path} is not the FID Inception weights {INCEPTION_FILE} "
+                                 f"({type(err).__name__}: {first}); delete it and download the file from "
+                                 f"{INCEPTION_URLS[0]}, or point ${INCEPTION_ENV} at a good copy") from err
             self.name = PAPER_INCEPTION_NAME
             self.key = "inception-2015-12-05"
         self.net.to(self.device).eval()

@@ -48,6 +48,7 @@ from torch import nn
 
 from . import diffusion as _diffusion
 from . import resample, runtime, schedules
+from . import unet as _unet
 
 PRECISIONS = {
     "auto": "bf16 autocast on a CUDA device that supports bf16, else fp32",
@@ -130,7 +131,9 @@ class TrainConfig:
 
         for name in ("dataset", "preset"):
             need(isinstance(getattr(self, name), str) and getattr(self, name), name, "expected a non-empty name")
-        need(is_int(self.T) and self.T >= 1, "T", "expected an int >= 1")
+        presets = sorted(_unet.PRESETS) + sorted(_unet.MLP_PRESETS)
+        need(self.preset in presets, "preset", f"expected one of {presets}")
+        need(is_int(self.T) and self.T >= 2, "T", "expected an int >= 2")
         need(self.schedule in schedules.SCHEDULES, "schedule", f"expected one of {list(schedules.SCHEDULES)}")
         try:  # the schedule's own limits, e.g. linear betas need T > 20
             schedules.get_betas(self.schedule, self.T)
@@ -183,7 +186,11 @@ class TrainConfig:
         return cls(**d)
 
     def replace(self, **changes) -> "TrainConfig":
-        """A copy with some fields changed (validated)."""
+        """A copy with some fields changed (validated; a misspelt field is an error that lists them)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
 
@@ -943,6 +950,8 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
     if config.device and torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"TrainConfig.device = {config.device!r} but no CUDA device is visible; "
                          "use device 'cpu' (or None for runtime.get_device())")
+    if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
+        raise ValueError("out_dir is blank; pass a folder for the run's checkpoints, or None to keep none")
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
         _check_out_dir(out_dir)

@@ -104,6 +104,13 @@ def test_mixture_toys_expose_modes(name, k):
     assert gaps.min() > 6 * ds.mode_std                      # modes are well separated
 
 
+def test_a_toy_with_a_count_that_is_not_positive_is_refused():
+    for n in (0, -5, 2.5, "3"):
+        with pytest.raises(ValueError, match=rf"n is the number of points to draw, a positive int; got {n!r}"):
+            load_dataset("ring", n=n)
+    assert len(load_dataset("ring", n=3)) == 3
+
+
 def test_swissroll_is_a_spiral():
     x = load_dataset("swissroll").x
     radius = x.norm(dim=1)

@@ -144,6 +144,19 @@ def test_inception_loads_weights_from_the_environment_variable(tmp_path, monkeyp
     assert torch.equal(loaded.net.Conv2d_1a_3x3.conv.weight, state["Conv2d_1a_3x3.conv.weight"])
 
 
+def test_a_wrong_inception_weights_file_is_named_with_where_to_get_the_right_one(tmp_path, monkeypatch):
+    path = tmp_path / features.INCEPTION_FILE
+    monkeypatch.setenv(features.INCEPTION_ENV, str(path))
+    for content in (b"<html>404</html>", None):  # an error page saved as the file; another network's weights
+        if content is None:
+            torch.save({"conv.weight": torch.zeros(3)}, path)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{path} is not the FID Inception weights .*delete it and download "
+                                             rf"the file from https://.*or point \$DDPM_INCEPTION_WEIGHTS"):
+            InceptionExtractor(device="cpu", download=False)
+
+
 @pytest.mark.parametrize("channels,size", [(1, 8), (1, 28), (3, 32)])
 def test_small_classifier_gives_features_and_logits_for_each_dataset_shape(channels, size):
     net = SmallClassifier(channels, size, num_classes=7).eval()

@@ -262,7 +262,9 @@ def test_config_round_trips_through_json():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(T=0), r"TrainConfig.T = 0 .* int >= 1"),
+    (dict(T=0), r"TrainConfig.T = 0 .* int >= 2"),
+    (dict(T=1, schedule="cosine"), r"TrainConfig.T = 1 .* int >= 2"),
+    (dict(preset="cpu-minst"), r"TrainConfig.preset = .cpu-minst. is invalid: expected one of \[.cpu-crops., .cpu-digits., .cpu-mnist."),
     (dict(T=20), r"TrainConfig.T = 20 with schedule 'linear'.*T > 20"),
     (dict(schedule="quadratic"), r"schedule = 'quadratic'.*linear"),
     (dict(mean_type="v"), r"mean_type"),
@@ -282,9 +284,22 @@ def test_invalid_config_names_the_field(changes, message):
         toy(**changes)
 
 
+def test_a_blank_out_dir_is_refused_rather_than_read_as_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for blank in ("", "  "):
+        with pytest.raises(ValueError, match="out_dir is blank"):
+            tr.train(toy(steps=1), out_dir=blank, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['learning_rate'\]"):
         tr.TrainConfig.from_dict({"learning_rate": 1e-3})
+    # so do replace and book_config, with the list of fields (a bare TypeError before)
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['stepz'\]; known fields: .*'steps'"):
+        tr.book_config("mnist5k", stepz=3)
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['stepz'\]"):
+        toy().replace(stepz=3)
 
 
 def test_bf16_precision_trains_on_the_cpu_and_auto_means_fp32_there():
