@@ -186,6 +186,8 @@ def _sample(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.nrow is not None and args.nrow < 1:
+        raise ValueError(f"--nrow must be >= 1 (images per row of the grid), got {args.nrow}")
     _check_out(args.out)  # before the sampling, which may take minutes
     try:
         device = torch.device(args.device) if args.device else runtime.get_device()
@@ -207,8 +209,8 @@ def _sample(args) -> int:
         how = f"DDIM, {args.ddim_steps} steps, eta {args.eta}"
     else:
         steps = d.num_timesteps if args.steps is None else args.steps
-        if not 1 <= steps <= d.num_timesteps:
-            raise ValueError(f"--steps must be in 1..{d.num_timesteps} (T of this model), got {steps}")
+        if not 2 <= steps <= d.num_timesteps:
+            raise ValueError(f"--steps must be in 2..{d.num_timesteps} (T of this model), got {steps}")
         process = d if steps == d.num_timesteps else sampling.respace(d, steps)
         x = sampling.ddpm_sample(model, process, shape, generator=generator, progress=progress)
         how = f"DDPM, {steps} of {d.num_timesteps} steps"

@@ -163,8 +163,11 @@ def sample(run_dir, *extra):
 
 
 def test_cli_sample_steps_0_is_refused(run_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"--steps must be in 1\.\.50 \(T of this model\), got 0"):
-        sample(run_dir, "--steps", "0", "--out", str(tmp_path / "x.png"))
+    for steps in ("0", "1"):  # one step leaves no reverse step before the decoder
+        with pytest.raises(ValueError, match=rf"--steps must be in 2\.\.50 \(T of this model\), got {steps}"):
+            sample(run_dir, "--steps", steps, "--out", str(tmp_path / "x.png"))
+    with pytest.raises(ValueError, match=r"--nrow must be >= 1 \(images per row of the grid\), got -1"):
+        sample(run_dir, "--nrow", "-1", "--out", str(tmp_path / "x.png"))
     assert not (tmp_path / "x.png").exists()
 
 
