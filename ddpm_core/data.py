@@ -323,8 +323,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
         return data, list(entry["labels"] if "labels" in entry else entry["fine_labels"])
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError, TypeError) as err:
         raise OSError(f"the CIFAR-10 file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                      f"delete the folder {path.parent} (it is downloaded again) or extract the "
-                      f"archive {CIFAR10_URL} there again") from err
+                      f"delete the folder {path.parent} and load again with download=True (the default), "
+                      f"or extract the archive {CIFAR10_URL} there again") from err
 
 
 def _cifar10(split: str, root: str | Path | None = None, download: bool = True):

@@ -103,8 +103,9 @@ def ablation_configs(steps: int = ABLATION_STEPS, batch_size: int = ABLATION_BAT
     T times the drawn step's term (improved-diffusion's "rescaled KL"; Ho et al.'s code uses the
     term itself), and every update clips the gradient's norm at ``grad_clip`` = 1.0 as Ho et al.
     do (improved-diffusion does not clip). With the larger loss, clipping acts on almost every
-    update of the L_vlb models (their gradient norm at initialisation is about ten times that of
-    ``eps-simple``; each run's ``history["grad_norm"]`` records it before clipping). Adam divides
+    update of the L_vlb models (at initialisation their gradient norm is ten times that of
+    ``eps-simple`` or more, about 10^5 times for ``mu-vlb-fixed``; each run's
+    ``history["grad_norm"]`` records it before clipping). Adam divides
     by the gradient's running scale, so this reweights their updates (a batch with a large
     gradient counts less) more than it shrinks them.
 
@@ -578,7 +579,7 @@ def _prepare_scoring(model, diffusion, dataset: str, extractor, bpd_examples: in
             raise ValueError(f"bpd_examples = {bpd_examples}, but {dataset!r} has {len(test)} test images; "
                              f"pass 1 <= bpd_examples <= {len(test)}, or 0 to skip the bound")
         if strided_bpd is not None:
-            _sampling.space_timesteps(diffusion.num_timesteps, strided_bpd)
+            _sampling.respace(diffusion, strided_bpd)  # the process the bound is taken of (at least 2 steps)
     return ext
 
 
@@ -629,7 +630,8 @@ REFERENCE_KINDS = {
 def evaluate_reference(dataset: str = "mnist5k", kind: str = "test", n: int = 256,
                        extractor: str | None = None, seed: int = 0) -> EvalResult:
     """FID, IS and KID of reference images, with the same rows as :func:`evaluate`: ``n`` test
-    images, ``n`` training images or ``n`` noise images (see :data:`REFERENCE_KINDS`)."""
+    images, ``n`` training images or ``n`` noise images (see :data:`REFERENCE_KINDS`). ``extractor``
+    defaults to the dataset's own classifier, ``classifier:<dataset>``."""
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"unknown reference kind {kind!r}; choose one of {list(REFERENCE_KINDS)}")
     start = time.perf_counter()
@@ -660,8 +662,8 @@ def fid_sample_size_curve(dataset: str = "mnist5k", sizes=(50, 100, 200, 400, 10
     Fréchet distance of noisy estimates is biased upward), while KID's unbiased estimate stays near 0.
 
     :return: dict with ``sizes`` [S], ``fid_mean``/``fid_std`` and ``kid_mean``/``kid_std`` [S]
-        over ``repeats`` random subsets, ``feature_dim`` and ``extractor`` (default
-        ``classifier:<dataset>``).
+        over ``repeats`` random subsets, ``feature_dim`` and ``extractor``. The extractor defaults to
+        the dataset's own classifier, ``classifier:<dataset>``.
     """
     ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
     ref_stats, ref_feats = _reference(dataset, ext)
@@ -752,6 +754,8 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
     """
     out: dict = {}
     method = None
+    if bpd_stride is not None and (not isinstance(bpd_stride, numbers.Integral) or bpd_stride < 1):
+        raise ValueError(f"bpd_stride is a number of steps (>= 1), or None for the exact bound; got {bpd_stride!r}")
     trained = [run for run in runs.values() if not isinstance(run, Exception)]
     if trained:  # names, extractor and counts checked before the first model samples
         extractor = _prepare_scoring(trained[0].ema, trained[0].diffusion, dataset, extractor, bpd_examples)

@@ -131,8 +131,8 @@ def _worker_init(env: dict, stop=None) -> None:
     _STOP = stop
     os.environ.update(env)
     torch.set_num_threads(1)  # one core per worker: these small models gain little from a second thread
-    # Ctrl-C in a terminal reaches the whole process group: an idle worker ignores it (prefetch stops
-    # the pool itself), a training one gets the trainer's handler (it saves, then stops)
+    # Ctrl-C in a terminal, and a Jupyter kernel's interrupt, reach the whole process group: an idle
+    # worker ignores it (prefetch stops the pool itself); _call lets it interrupt a job
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -186,19 +186,24 @@ def prefetch(fn, jobs: list[tuple], desc: str = "training", progress: bool = Tru
     except cf.process.BrokenProcessPool as err:
         warnings.warn(f"the worker processes of {desc!r} could not run ({err}); training in this process instead. "
                       "In a script, put the code under `if __name__ == \"__main__\":`, or set DDPM_WORKERS=1")
-        pool.shutdown(wait=False, cancel_futures=True)
         return results
-    pool.shutdown(wait=True)
+    finally:  # also after an unexpected error (an unpicklable fn): no worker outlives the call
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 
 def _call(fn, job: tuple):
     if _STOP is not None and _STOP.is_set():
         return "KeyboardInterrupt: not started, the pool was interrupted"
-    try:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a running job can be interrupted
+    try:                                                                 # (a trainer installs its own handler)
         return fn(*job)
     except Exception as e:  # noqa: BLE001 - reported to the caller, who retries in-process
         return f"{type(e).__name__}: {e}"
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt: interrupted"
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def compiled_or_eager(net: torch.nn.Module, what: str = "running", dynamic: bool | None = None) -> Callable:

@@ -34,8 +34,8 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
                 n = int(spec[4:])
             except ValueError:
                 raise ValueError(f"bad respacing {spec!r}: expected 'ddimN' with an integer N") from None
-            if not 1 <= n <= T:
-                raise ValueError(f"{n} DDIM steps asked for, but the process has T = {T}: pass 1 <= N <= {T}")
+            if not 2 <= n <= T:  # one step would leave no reverse step before the decoder
+                raise ValueError(f"{n} DDIM steps asked for, but the process has T = {T}: pass 2 <= N <= {T}")
             for stride in range(1, T + 1):
                 if len(range(0, T, stride)) == n:
                     return list(range(0, T, stride))

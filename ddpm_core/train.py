@@ -467,8 +467,11 @@ def _history_from(raw: dict) -> dict:
 @contextlib.contextmanager
 def _deferred_interrupt():
     """Turn Ctrl-C (SIGINT) into a flag that the loop reads between updates, so a checkpoint never
-    holds half an update. A second Ctrl-C interrupts at once (and nothing is saved)."""
+    holds half an update. A second Ctrl-C interrupts at once (and nothing is saved); signals less
+    than half a second apart count as one (a kernel's interrupt reaches a ``runtime.prefetch``
+    worker twice: from the kernel and from the pool)."""
     hit = [False]
+    first = [0.0]
     if threading.current_thread() is not threading.main_thread():
         yield lambda: hit[0]
         return
@@ -479,9 +482,12 @@ def _deferred_interrupt():
 
     def handler(signum, frame):
         if hit[0]:
+            if time.monotonic() - first[0] < 0.5:
+                return  # the same interrupt, delivered twice
             signal.signal(signal.SIGINT, previous)
             raise KeyboardInterrupt
         hit[0] = True
+        first[0] = time.monotonic()
 
     signal.signal(signal.SIGINT, handler)
     try:
@@ -629,11 +635,15 @@ class _Trainer:
         mine = self.config.to_dict()
         differ = [k for k in mine if k not in BOOKKEEPING_FIELDS and saved[k] != mine[k]]
         detail = lambda keys: ", ".join(f"{k}: {saved[k]!r} in the checkpoint, {mine[k]!r} now" for k in keys)
-        fixed = [k for k in differ if k not in RECOVERY_FIELDS]
+        unfinished = int(raw["step"]) < self.config.steps  # a finished run is not relabelled
+        fixed = [k for k in differ if k not in RECOVERY_FIELDS or not unfinished]
         if fixed:
+            keep = ", ".join(f"{k}={saved[k]!r}" for k in fixed)
             raise ValueError(f"cannot resume from {path}: the configuration differs ({detail(fixed)}); "
-                             "use another out_dir or pass resume=False to start afresh (that overwrites the "
-                             f"checkpoint; only {', '.join(RECOVERY_FIELDS)} may change on resume)")
+                             f"continue it with the checkpoint's values ({keep}; on the command line the option "
+                             "of the same name), use another out_dir, or pass resume=False (--no-resume) to start "
+                             f"afresh, which overwrites the checkpoint. Only {', '.join(RECOVERY_FIELDS)} may "
+                             "change when a run resumes before its last step")
         if differ:
             warnings.warn(f"resuming {path} at step {int(raw['step'])} with another {' and '.join(differ)} "
                           f"({detail(differ)}): the run goes on from there as a different run, and its "
@@ -810,14 +820,20 @@ class _Trainer:
         keep = (f"the last good checkpoint, at step {self.saved_step}, is kept at {path}" if path
                 else "no checkpoint was written")
         c = self.config
-        advice = [f"lower lr (now {c.lr:g})",
-                  "clip the gradient (grad_clip=1.0)" if c.grad_clip is None else f"keep grad_clip ({c.grad_clip:g})"]
+        advice = [f"lower lr (now {c.lr:g})"]  # only changes: the same settings diverge again, bit for bit
+        if c.grad_clip is None:
+            advice.append("clip the gradient (grad_clip=1.0)")
         if self.autocast_dtype is not None:
             advice.append("train in float32 (precision='fp32')")
-        again = (" and run again with the same out_dir: it resumes from that checkpoint (lr, grad_clip and "
-                 "precision may change on resume)" if path else "")
-        raise TrainingDivergedError(f"training diverged: {what}; {keep}. To go on, {', '.join(advice[:-1])} or "
-                                    f"{advice[-1]}{again}.", step, path)
+        change = advice[0] if len(advice) == 1 else f"{', '.join(advice[:-1])} or {advice[-1]}"
+        in_cache = path is not None and (runtime.cache_dir() / "models") in path.parents
+        again = ("; get_trained then trains the changed configuration afresh (it is cached under its own name)"
+                 if in_cache else "; then call train again with the same out_dir (or the command line with the "
+                 "same --out): it resumes from that checkpoint with the new values" if path else "")
+        raise TrainingDivergedError(f"training diverged: {what}; {keep}. To go on, {change}{again}.", step, path)
+
+    def _saved_text(self) -> str:
+        return f"step {self.saved_step}" if self.saved_step is not None else "the start (nothing was saved)"
 
     def save(self, gather: bool = True) -> None:
         if self.out_dir is None:
@@ -832,8 +848,8 @@ class _Trainer:
                 _atomic_save(ckpt, self.out_dir / CHECKPOINT_NAME)
             except OSError as err:
                 self.save_failed = True  # not to be tried again on the way out
-                kept = (f"the last good checkpoint, at step {self.saved_step}, is kept there" if self.saved_step
-                        else "no checkpoint of this run was written yet")
+                kept = (f"the last good checkpoint, at step {self.saved_step}, is kept there"
+                        if self.saved_step is not None else "no checkpoint of this run was written yet")
                 raise OSError(err.errno, f"could not write the checkpoint of step {self.step} to {self.out_dir} "
                               f"({err.strerror or err}): is the disk full or the folder read-only? {kept}") from err
         self.saved_step = self.step
@@ -891,11 +907,13 @@ class _Trainer:
             try:
                 self.check(collective=False)
                 self.save(gather=False)
-            except Exception:
-                raise err from None
-            bar.write(f"stopped by {type(err).__name__}: saved step {self.step} to {self.out_dir / CHECKPOINT_NAME}; "
-                      "fix the cause and run again to continue", file=sys.stderr)
-            raise
+            except Exception as failed:  # the caller's error is the one to see; it says what was lost
+                err.add_note(f"the updates since {self._saved_text()} were not saved: {failed}")
+            else:
+                bar.write(f"stopped by {type(err).__name__}: saved step {self.step} to "
+                          f"{self.out_dir / CHECKPOINT_NAME}; fix the cause and run again to continue",
+                          file=sys.stderr)
+            raise  # err, with its own traceback and context
         finally:
             bar.close()
             self.net.eval()
@@ -929,7 +947,9 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
     :param out_dir: folder for ``last.pt`` (every ``checkpoint_every`` steps, at the end and on
         Ctrl-C); None trains without checkpoints.
     :param resume: continue from ``out_dir/last.pt`` if it exists (its configuration must match,
-        except ``steps`` and the bookkeeping fields); False starts afresh and overwrites it.
+        except ``steps`` and the bookkeeping fields, and, for a run that had not reached its last
+        step, ``lr``, ``grad_clip`` and ``precision``, which may change to recover from a divergence,
+        with a warning); False starts afresh and overwrites it.
     :param progress: show a ``tqdm`` bar with the loss (refreshed every ``log_every`` steps).
     :param callback: called after each update with a :class:`StepInfo`.
     :return: a :class:`TrainResult`.

@@ -212,11 +212,17 @@ def test_evaluate_checks_what_scoring_needs_before_it_samples(cache, monkeypatch
         run(strided_bpd=0)
     with pytest.raises(ValueError, match="at least one step"):  # the bound's respacing, checked before sampling
         run(strided_bpd="0")
+    for one in (1, "1", [1]):  # a one-step process has no bound to take
+        with pytest.raises(ValueError, match="at least 2 steps"):
+            run(strided_bpd=one)
     runs = {"a": train.TrainResult(model=net, ema=net, diffusion=d, config=train.book_config("digits"),
                                    history={"loss": torch.ones(60)}, checkpoint=None, step=60,
                                    sample_shape=(1, 8, 8))}
     with pytest.raises(ValueError, match="bpd_examples = 100000"):
         evaluation.measure_ablations(runs, extractor=ext, bpd_examples=100_000, progress=False)
+    for stride in (0, -2, 2.5):
+        with pytest.raises(ValueError, match=rf"bpd_stride is a number of steps \(>= 1\).*got {stride!r}"):
+            evaluation.measure_ablations(runs, extractor=ext, bpd_stride=stride, progress=False)
     # with no extractor named, a dataset's own classifier scores it (it was the MNIST one for every dataset)
     seen = []
     monkeypatch.setattr(evaluation, "_extractor", lambda e: seen.append(e) or ext)

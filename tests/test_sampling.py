@@ -33,9 +33,9 @@ def test_space_timesteps_sections_and_ddim():
         sampling.space_timesteps(1000, "ddim300")
     with pytest.raises(ValueError, match="ddimN"):
         sampling.space_timesteps(1000, "fast")
-    for n in (0, -5, 1001):  # out of range, not a stride problem
+    for n in (0, -5, 1, 1001):  # out of range, not a stride problem
         with pytest.raises(ValueError, match=rf"{n} DDIM steps asked for, but the process has T = 1000: "
-                                             r"pass 1 <= N <= 1000"):
+                                             r"pass 2 <= N <= 1000"):
             sampling.space_timesteps(1000, f"ddim{n}")
 
 

@@ -102,6 +102,25 @@ def test_a_real_sigint_finishes_the_update_then_saves(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
 
 
+def test_the_same_interrupt_delivered_twice_still_finishes_the_update_and_saves(tmp_path, monkeypatch):
+    """A kernel's interrupt reaches a prefetch worker twice (from the kernel and from the pool),
+    a moment apart: that is one Ctrl-C, not the "second Ctrl-C" that stops at once without saving."""
+    import signal
+
+    real_update = tr._Trainer.update
+
+    def update_hit_twice(self, model_fn):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_update(self, model_fn)
+
+    monkeypatch.setattr(tr._Trainer, "update", update_hit_twice)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(toy(), out_dir=tmp_path, progress=False)
+    assert tr.read_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
 def test_progress_bar_shows_the_loss(capsys):
     tr.train(toy(steps=8, log_every=4), progress=True)
     err = capsys.readouterr().err
@@ -149,15 +168,35 @@ def test_a_diverged_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(tm
         tr.train(config, out_dir=tmp_path, progress=False, callback=poison_at_7)
     message = str(err.value)
     # the advice fits the run: its lr, clipping off (so: clip), fp32 already (so nothing about precision)
-    assert "lower lr (now 0.001)" in message and "grad_clip=1.0" in message and "fp32" not in message
-    assert "run again with the same out_dir" in message and tr.read_checkpoint(tmp_path / "last.pt")["step"] == 5
+    assert "To go on, lower lr (now 0.001) or clip the gradient (grad_clip=1.0); then call train again with " \
+           "the same out_dir" in message and "fp32" not in message
+    assert tr.read_checkpoint(tmp_path / "last.pt")["step"] == 5
     # following it works: lr and grad_clip may change on resume (with a warning), other fields may not
     with pytest.warns(UserWarning, match=r"resuming .* at step 5 with another lr and grad_clip"):
         r = tr.train(config.replace(lr=5e-4, grad_clip=1.0), out_dir=tmp_path, progress=False)
     assert r.step == 20 and all(torch.isfinite(p).all() for p in r.ema.parameters())
     assert tr.read_checkpoint(tmp_path / "last.pt")["config"]["lr"] == 5e-4  # the new values are recorded
-    with pytest.raises(ValueError, match=r"configuration differs \(T: .*only lr, grad_clip, precision may change"):
+    with pytest.raises(ValueError, match=r"configuration differs \(T: .*continue it with the checkpoint's values "
+                                         r"\(T=50; .*Only lr, grad_clip, precision may change"):
         tr.train(config.replace(lr=5e-4, grad_clip=1.0, T=60, steps=30), out_dir=tmp_path, progress=False)
+    # a finished run is not relabelled with another lr (its weights were trained with the old one)
+    with pytest.raises(ValueError, match=r"configuration differs \(lr: 0.0005 in the checkpoint, 0.002 now\)"):
+        tr.train(config.replace(lr=2e-3, grad_clip=1.0), out_dir=tmp_path, progress=False)
+
+
+def test_the_divergence_advice_lists_only_changes_and_knows_a_cached_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+
+    def poison_at_3(info: tr.StepInfo):
+        if info.step == 3:
+            with torch.no_grad():
+                next(info.model.parameters()).fill_(float("nan"))
+
+    config = toy(steps=8, log_every=1, checkpoint_every=2)  # grad_clip 1.0, fp32: only lr is left to change
+    with pytest.raises(tr.TrainingDivergedError) as err:
+        tr.train(config, out_dir=tr.cached_run_dir(config), progress=False, callback=poison_at_3)
+    assert "To go on, lower lr (now 0.001); get_trained then trains the changed configuration afresh" in str(err.value)
+    assert "grad_clip" not in str(err.value)
 
 
 def test_an_error_between_updates_keeps_the_updates_made_and_is_raised(tmp_path, capsys):
@@ -172,6 +211,27 @@ def test_an_error_between_updates_keeps_the_updates_made_and_is_raised(tmp_path,
     full = tr.train(toy(), out_dir=tmp_path / "full", progress=False)
     again = tr.train(toy(), out_dir=tmp_path, progress=False)  # and the run goes on as if nothing happened
     assert_same_state(state_of(again), state_of(full))
+
+
+def test_when_the_save_after_an_error_fails_too_the_error_says_what_was_lost(tmp_path, monkeypatch):
+    disk_full = [False]
+    real = tr.runtime.atomic_write
+
+    def atomic_write(path, write, durable=False):
+        if disk_full[0]:
+            raise OSError(28, "No space left on device")
+        return real(path, write, durable)
+
+    def callback(info: tr.StepInfo):
+        disk_full[0] = info.step >= 7  # the disk fills after the checkpoint of step 6
+        if info.step == 8:
+            raise RuntimeError("bug in my plotting callback")
+
+    monkeypatch.setattr(tr.runtime, "atomic_write", atomic_write)
+    with pytest.raises(RuntimeError, match="plotting callback") as err:  # the caller's error, not the disk's
+        tr.train(toy(checkpoint_every=6), out_dir=tmp_path, progress=False, callback=callback)
+    assert any("the updates since step 6 were not saved" in n and "No space left" in n for n in err.value.__notes__)
+    assert tr.read_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
 def test_a_checkpoint_that_cannot_be_written_says_where_and_that_the_last_one_is_kept(tmp_path, monkeypatch):
@@ -459,8 +519,9 @@ def test_models_trained_side_by_side_in_workers_equal_in_process_training(tmp_pa
 
 
 def test_an_interrupt_stops_prefetch_without_starting_the_jobs_still_queued(tmp_path, monkeypatch):
-    """Ctrl-C (the kernel's interrupt: SIGINT to this process only) while two workers run the first
-    two of four jobs: the queued two never start, and KeyboardInterrupt reaches the caller (before,
+    """SIGINT to this process only (``kill -INT``; a kernel's interrupt or a terminal's Ctrl-C reach
+    the workers too) while two workers run the first two of four jobs: the queued two never start,
+    the running ones are interrupted by the pool, and KeyboardInterrupt reaches the caller (before,
     the pool went on with every queued job)."""
     import signal
     import subprocess
@@ -473,7 +534,7 @@ def test_an_interrupt_stops_prefetch_without_starting_the_jobs_still_queued(tmp_
     threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         runtime.prefetch(subprocess.run, jobs, progress=False)
-    assert len(list(tmp_path.glob("done*"))) <= 2  # the running ones may finish; the queued ones did not start
+    assert not list(tmp_path.glob("done*"))  # the running ones were interrupted, the queued ones never started
 
 
 def test_prefetch_reports_failures_and_respects_ddpm_workers(monkeypatch):
