@@ -386,6 +386,14 @@ def test_book_builds_and_every_page_renders(built_html, browser):
               text: art.innerText.length,
               colab: [...document.querySelectorAll('a')].map(a => a.href).filter(h => h.includes('colab.research')),
               unresolved: [...art.querySelectorAll('.problematic, .xref.missing')].length,
+              // TeX that reached the page as text: a dollar and a command outside math and code (a
+              // glued Markdown value is not parsed for math, for one)
+              rawTex: (() => { const w = document.createTreeWalker(art, NodeFilter.SHOW_TEXT), out = [];
+                for (let n; (n = w.nextNode());) {
+                  if (n.parentElement.closest('pre, code, .highlight, mjx-container, script, style, .output'))
+                    continue;
+                  if (/\\$\\\\[A-Za-z]/.test(n.textContent)) out.push(n.textContent.trim().slice(0, 60));
+                } return out; })(),
               // glued values read as part of their sentence, in its weight (myst-nb's own CSS bolds them)
               boldGlue: [...art.querySelectorAll('span.pasted-text')].filter(s => s.parentElement &&
                   getComputedStyle(s).fontWeight !== getComputedStyle(s.parentElement).fontWeight)
@@ -410,6 +418,8 @@ def test_book_builds_and_every_page_renders(built_html, browser):
             problems.append(f"{name}: {info['tracebacks']} error outputs")
         if info["unresolved"]:
             problems.append(f"{name}: {info['unresolved']} unresolved references")
+        if info["rawTex"]:
+            problems.append(f"{name}: TeX shown as text {info['rawTex'][:3]}")
         if info["boldGlue"]:
             problems.append(f"{name}: glued values set in another weight than their sentence: {info['boldGlue'][:4]}")
         if info["stderr"]:  # warnings a reader should not have to read
