@@ -152,6 +152,11 @@ def _to_unit_range(images: np.ndarray | torch.Tensor, max_value: float) -> torch
     return (x * (2.0 / max_value) - 1.0).clamp_(-1.0, 1.0)
 
 
+def to_8bit_levels(x: torch.Tensor) -> torch.Tensor:
+    """The 8-bit level ``k`` in {0, ..., 255} (as floats) nearest to each value of images in [-1, 1]."""
+    return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
+
+
 def to_8bit_grid(x: torch.Tensor) -> torch.Tensor:
     """Round images in [-1, 1] to the nearest of the 256 levels of 8-bit data, ``k / 127.5 - 1``.
 
@@ -160,8 +165,7 @@ def to_8bit_grid(x: torch.Tensor) -> torch.Tensor:
     ``mnist5k`` and ``cifar10`` are on it already; the 17 grey levels of ``digits`` and resized
     photographs (``photo-crops``, ``faces``, ``celebahq``) are not. Keeps the dtype and device.
     """
-    levels = torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
-    return levels / 127.5 - 1.0
+    return to_8bit_levels(x) / 127.5 - 1.0
 
 
 def resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:

@@ -176,11 +176,6 @@ def _sample_shape(model, shape) -> tuple:
     return shape
 
 
-def _extractor(extractor) -> _features.FeatureExtractor:
-    """An extractor object from itself or its name (``features.get_extractor``)."""
-    return _features.get_extractor(extractor) if isinstance(extractor, str) else extractor
-
-
 # ---------------------------------------------------------------------- likelihood
 def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, n: int | None = None,
                  batch_size: int = 256, strided: int | str | None = None, progress: bool = True,
@@ -536,7 +531,7 @@ def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str 
     """
     if len(images) < 2:
         raise ValueError(f"score_images needs at least 2 images (FID needs a covariance); got {len(images)}")
-    ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
+    ext = _features._resolve(extractor, dataset)
     if isinstance(images, torch.Tensor):
         _warn_if_unit_range(images, "score_images")
     seconds = dict(seconds or {})
@@ -566,12 +561,14 @@ def _prepare_scoring(model, diffusion, dataset: str, extractor, bpd_examples: in
     """Check, before any sampling, what would otherwise fail only after it (and lose the samples): the
     dataset's name, the extractor (default ``classifier:<dataset>``) and that it takes this dataset's
     and this model's images, the number of test images for the bound and the bound's respacing."""
-    ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
+    ext = _features._resolve(extractor, dataset)
     test = _data.load_dataset(dataset, "test").x  # an unknown name fails here, with the list of names
-    shape = (getattr(model, "in_channels", None), getattr(model, "image_size", None))
-    shape = (shape[0], shape[1], shape[1]) if None not in shape else tuple(test.shape[1:])  # unknown: not checked
-    if tuple(shape) != tuple(test.shape[1:]):
-        raise ValueError(f"the model makes images of shape {tuple(shape)}, but {dataset!r} holds "
+    try:
+        shape = _sample_shape(model, None)
+    except ValueError:  # a plain callable: its samples' shape is not known here
+        shape = tuple(test.shape[1:])
+    if shape != tuple(test.shape[1:]):
+        raise ValueError(f"the model makes images of shape {shape}, but {dataset!r} holds "
                          f"{tuple(test.shape[1:])}: pass the dataset the model was trained on")
     ext.extract(test[:2])  # an extractor for other images fails here, with what it takes
     if bpd_examples:
@@ -665,7 +662,7 @@ def fid_sample_size_curve(dataset: str = "mnist5k", sizes=(50, 100, 200, 400, 10
         over ``repeats`` random subsets, ``feature_dim`` and ``extractor``. The extractor defaults to
         the dataset's own classifier, ``classifier:<dataset>``.
     """
-    ext = _extractor(extractor if extractor is not None else f"classifier:{dataset}")
+    ext = _features._resolve(extractor, dataset)
     ref_stats, ref_feats = _reference(dataset, ext)
     x = _data.load_dataset(dataset, split).x
     feats = ext.features(x)
@@ -796,7 +793,7 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
             rec["diverged"] = True
         rec["seconds"] = time.perf_counter() - start
         out[name] = rec
-    out["_settings"] = dict(dataset=dataset, extractor=_extractor(extractor).name, n_samples=n_samples,
+    out["_settings"] = dict(dataset=dataset, extractor=_features._resolve(extractor, dataset).name, n_samples=n_samples,
                             steps=steps, few_steps=few_steps, bpd_examples=bpd_examples, bpd_stride=bpd_stride,
                             bpd_method=method, seed=seed, spike_window=SPIKE_WINDOW, spike_factor=SPIKE_FACTOR,
                             profile=_runtime.get_profile())

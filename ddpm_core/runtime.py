@@ -172,22 +172,19 @@ def prefetch(fn, jobs: list[tuple], desc: str = "training", progress: bool = Tru
         for fut in tqdm(cf.as_completed(futures), total=len(jobs), desc=f"{desc} ({n} processes)",
                         disable=not progress):
             results[futures[fut]] = fut.result()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # queued jobs: cancelled below; running ones: interrupted here
         stop.set()
-        for fut in futures:
-            fut.cancel()
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             try:
                 os.kill(proc.pid, signal.SIGINT)
             except (ProcessLookupError, OSError):
                 pass
-        pool.shutdown(wait=True, cancel_futures=True)
         raise
     except cf.process.BrokenProcessPool as err:
         warnings.warn(f"the worker processes of {desc!r} could not run ({err}); training in this process instead. "
                       "In a script, put the code under `if __name__ == \"__main__\":`, or set DDPM_WORKERS=1")
         return results
-    finally:  # also after an unexpected error (an unpicklable fn): no worker outlives the call
+    finally:  # also after an interrupt or an unexpected error (an unpicklable fn): no worker outlives the call
         pool.shutdown(wait=True, cancel_futures=True)
     return results
 

@@ -131,8 +131,7 @@ class TrainConfig:
 
         for name in ("dataset", "preset"):
             need(isinstance(getattr(self, name), str) and getattr(self, name), name, "expected a non-empty name")
-        presets = sorted(_unet.PRESETS) + sorted(_unet.MLP_PRESETS)
-        need(self.preset in presets, "preset", f"expected one of {presets}")
+        need(self.preset in _unet.preset_names(), "preset", f"expected one of {_unet.preset_names()}")
         need(is_int(self.T) and self.T >= 2, "T", "expected an int >= 2")
         need(self.schedule in schedules.SCHEDULES, "schedule", f"expected one of {list(schedules.SCHEDULES)}")
         try:  # the schedule's own limits, e.g. linear betas need T > 20
@@ -179,18 +178,19 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error (a typo would otherwise be ignored)."""
+        cls._check_field_names(d)
+        return cls(**d)
+
+    @classmethod
+    def _check_field_names(cls, names) -> None:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(names) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (validated; a misspelt field is an error that lists them)."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        self._check_field_names(changes)
         return dataclasses.replace(self, **changes)
 
 
@@ -308,14 +308,12 @@ def build_network(config: TrainConfig) -> nn.Module:
     """A freshly initialised network of ``config.preset`` (``unet.build_model``) with the
     configuration's dropout and image size and, for a learned variance, twice the output
     channels. Draws its initial weights from the global torch RNG."""
-    from . import unet
-
     kwargs = {"learn_sigma": config.var_type in ("learned", "learned_range")}
     if config.dropout is not None:
         kwargs["dropout"] = config.dropout
     if config.image_size is not None:
         kwargs["image_size"] = config.image_size
-    return unet.build_model(config.preset, **kwargs)
+    return _unet.build_model(config.preset, **kwargs)
 
 
 def load_train_data(config: TrainConfig) -> torch.Tensor:
@@ -536,15 +534,13 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 
 def _check_fits(config: TrainConfig, shape: tuple) -> None:
     """Raise ``ValueError`` if examples of ``shape`` do not fit the network of ``config.preset``."""
-    from . import unet
-
     def words(kind: str, n: int) -> str:
         return f"points of dimension {n}" if kind == "points" else f"images with {n} input channel" + "s" * (n > 1)
 
     def takes(settings: dict) -> str:  # what a preset's network takes
         return words("points", settings["dim"]) if "dim" in settings else words("images", settings["in_channels"])
 
-    presets = {**unet.PRESETS, **unet.MLP_PRESETS}
+    presets = {**_unet.PRESETS, **_unet.MLP_PRESETS}
     need = words("points" if len(shape) == 1 else "images", shape[0]) if len(shape) in (1, 3) else None
     if takes(presets[config.preset]) != need:
         fitting = [name for name, settings in presets.items() if takes(settings) == need]
@@ -825,7 +821,9 @@ class _Trainer:
             advice.append("clip the gradient (grad_clip=1.0)")
         if self.autocast_dtype is not None:
             advice.append("train in float32 (precision='fp32')")
-        change = advice[0] if len(advice) == 1 else f"{', '.join(advice[:-1])} or {advice[-1]}"
+        from .viz import and_list  # numpy only: no plotting library is imported
+
+        change = and_list(advice, "or")
         in_cache = path is not None and (runtime.cache_dir() / "models") in path.parents
         again = ("; get_trained then trains the changed configuration afresh (it is cached under its own name)"
                  if in_cache else "; then call train again with the same out_dir (or the command line with the "

@@ -579,13 +579,18 @@ MLP_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_names() -> list[str]:
+    """Every preset :func:`build_model` takes: the U-Nets', then the MLPs'."""
+    return sorted(PRESETS) + sorted(MLP_PRESETS)
+
+
 def build_model(preset: str, **overrides: Any) -> nn.Module:
     """Any preset by name: a ``UNet`` for ``PRESETS``, a ``TimeMLP`` for ``MLP_PRESETS``."""
     if preset in MLP_PRESETS:
         return TimeMLP(**{**MLP_PRESETS[preset], **overrides})
     if preset in PRESETS:
         return UNet.from_preset(preset, **overrides)
-    raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS) + sorted(MLP_PRESETS)}")
+    raise ValueError(f"unknown model preset {preset!r}; choose one of {preset_names()}")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -225,7 +225,7 @@ def test_evaluate_checks_what_scoring_needs_before_it_samples(cache, monkeypatch
             evaluation.measure_ablations(runs, extractor=ext, bpd_stride=stride, progress=False)
     # with no extractor named, a dataset's own classifier scores it (it was the MNIST one for every dataset)
     seen = []
-    monkeypatch.setattr(evaluation, "_extractor", lambda e: seen.append(e) or ext)
+    monkeypatch.setattr(features, "get_extractor", lambda name: seen.append(name) or ext)
     monkeypatch.setattr(evaluation, "sample_images", lambda *a, **k: torch.full((4, 1, 8, 8), -1.0))
     ref = torch.randn(20, 64, dtype=torch.float64)
     monkeypatch.setattr(evaluation, "_reference", lambda dataset, e: (metrics.FeatureStats().update(ref), ref))

@@ -229,11 +229,11 @@ def test_cli_program_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
 
 def test_cli_program_reports_a_runtime_error_in_one_line(tmp_path):
     # DDPM_PROFILE=gpu on a machine without CUDA: the library's RuntimeError, not a traceback
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     env = {**os.environ, "DDPM_PROFILE": "gpu", "DDPM_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-m", "ddpm_core", "train", "--book-config", "toy-ring", "--steps", "1",
                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines() == [
         "python -m ddpm_core train: error: RuntimeError: DDPM_PROFILE=gpu but no CUDA device is visible; "

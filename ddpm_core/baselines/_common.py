@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import data as _data
 from .. import runtime
 from ..train import check_finite
 
@@ -101,7 +102,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: f
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Map images in [-1, 1] to their 8-bit levels ``k`` in {0, ..., 255} (as floats)."""
-    return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
+    return _data.to_8bit_levels(x)
 
 
 def _batches(data: torch.Tensor | Iterable, batch_size: int, generator: torch.Generator):

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import LN2, Baseline, mlp, n_halvings, optimizer_step, quantize
+from .. import data as _data
+from ._common import LN2, Baseline, mlp, n_halvings, optimizer_step
 
 SIZES = {  # size -> (latent dim, base channels / hidden width)
     "cpu": {"image": (16, 16), "point": (2, 128)},
@@ -145,7 +146,7 @@ class VAE(Baseline):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Images are snapped to the 8-bit grid so that p(x|z) is a probability of the data."""
-        return quantize(x) / 127.5 - 1.0 if self.is_image else x
+        return _data.to_8bit_grid(x) if self.is_image else x
 
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """ELBO(x) in nats [N]: one reparameterised sample for E_q[log p(x|z)], analytic KL."""
