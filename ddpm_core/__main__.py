@@ -93,6 +93,8 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PNG",
                    help="output image: a grid of samples, or a scatter plot for 2-D data")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="samples drawn at once; lower it if the device runs out of memory (default: 256)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
                    help="ddpm: ancestral sampling (Algorithm 2 of Ho et al.), respaced when --steps < T; "
                         "ddim: deterministic DDIM with --ddim-steps (default: ddpm)")
@@ -186,6 +188,8 @@ def _sample(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.nrow is not None and args.nrow < 1:
         raise ValueError(f"--nrow must be >= 1 (images per row of the grid), got {args.nrow}")
     _check_out(args.out)  # before the sampling, which may take minutes
@@ -200,20 +204,22 @@ def _sample(args) -> int:
     if args.compile:
         model = sampling.Compiled(model)
     d = result.diffusion
-    shape = (args.n, *result.sample_shape)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     progress = not args.no_progress
+    batches = [min(args.batch_size, args.n - i) for i in range(0, args.n, args.batch_size)]
     if args.sampler == "ddim":
-        x = sampling.ddim_sample(model, d, shape, args.ddim_steps, eta=args.eta, generator=generator,
-                                 progress=progress)
+        x = torch.cat([sampling.ddim_sample(model, d, (b, *result.sample_shape), args.ddim_steps, eta=args.eta,
+                                            generator=generator, progress=progress) for b in batches])
         how = f"DDIM, {args.ddim_steps} steps, eta {args.eta}"
     else:
         steps = d.num_timesteps if args.steps is None else args.steps
         if not 2 <= steps <= d.num_timesteps:
             raise ValueError(f"--steps must be in 2..{d.num_timesteps} (T of this model), got {steps}")
         process = d if steps == d.num_timesteps else sampling.respace(d, steps)
-        x = sampling.ddpm_sample(model, process, shape, generator=generator, progress=progress)
+        x = torch.cat([sampling.ddpm_sample(model, process, (b, *result.sample_shape), generator=generator,
+                                            progress=progress) for b in batches])
         how = f"DDPM, {steps} of {d.num_timesteps} steps"
+    how += f", in {len(batches)} batches" if len(batches) > 1 else ""
     save_samples(x, args.out, args.nrow)
     how += ", compiled" if args.compile else ""
     print(f"wrote {args.n} samples ({how}, {'last' if args.no_ema else 'EMA'} weights of step {result.step}) "

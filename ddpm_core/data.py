@@ -13,6 +13,7 @@ and celebahq (a folder of images; sorted by path, the last 10 % are the test set
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -254,6 +255,8 @@ def _photo_crops(split: str, stride: int = 4, short_side: int = 128, crop: int =
     the left part (train) or inside the last ``max(test_width, W / 4)`` columns (test), so no test
     crop shares a pixel with a train crop.
     """
+    if not runtime.is_int(stride) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1 (pixels between crops; 4 by default), got {stride!r}")
     xs, ys = [], []
     for label, name in enumerate(PHOTOS):
         img = _photo(name, short_side)  # (1, 3, H, W), kept between calls
@@ -380,9 +383,8 @@ def _load_square(path: Path, size: int) -> np.ndarray:
         return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def _celebahq(split: str, root: str | Path | None = None, image_size: int = 256,
-              max_images: int | None = None, test_fraction: float = 0.1):
-    """Images of a folder (searched recursively), sorted by path; the last 10 % are the test set."""
+def _celebahq_files(root: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """(the CelebA-HQ folder, its image files sorted by path), from ``root`` or ``$DDPM_CELEBAHQ``."""
     where = root if root is not None else os.environ.get("DDPM_CELEBAHQ")
     if where is None or not str(where).strip():  # a blank value would mean the current folder
         blank = "" if where is None else (" (root is blank)" if root is not None else " ($DDPM_CELEBAHQ is blank)")
@@ -393,7 +395,32 @@ def _celebahq(split: str, root: str | Path | None = None, image_size: int = 256,
         raise FileNotFoundError(f"CelebA-HQ folder {folder} does not exist (from "
                                 f"{'root=' if root is not None else '$DDPM_CELEBAHQ'}); pass "
                                 "root= or set DDPM_CELEBAHQ to a folder of .jpg/.png images")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return folder, sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def data_identity(name: str, root: str | Path | None = None) -> str | None:
+    """What tells one copy of dataset ``name`` from another, for data that the package does not fix:
+    for ``celebahq``, the number of images in its folder and a hash of their paths (relative to the
+    folder) and sizes, e.g. ``"1200 images, 3f9c..."``; None for every other dataset (shipped by
+    installed packages, generated from fixed seeds, or CIFAR-10's fixed files). The model cache and
+    the checkpoints use it, so that a run trained on one folder is not taken for a run on another.
+    None also when the folder is not set or does not exist (then loading it fails, with why)."""
+    if name != "celebahq":
+        return None
+    try:
+        folder, paths = _celebahq_files(root)
+    except FileNotFoundError:
+        return None
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode())
+    return f"{len(paths)} images, {digest.hexdigest()[:16]}"
+
+
+def _celebahq(split: str, root: str | Path | None = None, image_size: int = 256,
+              max_images: int | None = None, test_fraction: float = 0.1):
+    """Images of a folder (searched recursively), sorted by path; the last 10 % are the test set."""
+    folder, paths = _celebahq_files(root)
     if len(paths) < 2:
         raise FileNotFoundError(f"found {len(paths)} .jpg/.png images in {folder}; CelebA-HQ needs "
                                 "at least two (one for each split)")
@@ -448,8 +475,9 @@ def load_dataset(name: str, split: str = "train", image_size: int | None = None,
         raise ValueError(f"root= is only used by 'cifar10' and 'celebahq', not {name!r}")
     if toy and (flip or image_size is not None):
         raise ValueError(f"{name!r} holds 2-D points: flip and image_size apply to images only")
-    if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
+    if max_images is not None and (not runtime.is_int(max_images) or max_images < 1):
+        raise ValueError(f"max_images must be None (every item) or an int >= 1, got {max_images!r}")
+    max_images = None if max_images is None else int(max_images)
     if image_size is not None and (not runtime.is_int(image_size) or image_size < 1):
         raise ValueError(f"image_size must be None (the dataset's own size) or an int >= 1; got {image_size!r}")
     image_size = None if image_size is None else int(image_size)

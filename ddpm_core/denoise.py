@@ -90,6 +90,22 @@ def _device(model: Callable) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_noisy(y, sigma: float) -> None:
+    """Refuse a noisy ``y`` that cannot be ``x0 + sigma * eps`` for images x0 in [-1, 1]: not a
+    tensor, NaN/inf, or values beyond 1 + 10 sigma (more than ten standard deviations out: another
+    scale, most likely 0..255 pixels)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a tensor [N, C, H, W] of noisy images, got {type(y).__name__}; "
+                        "use torch.as_tensor(y)")
+    if y.numel() and not bool(torch.isfinite(y).all()):
+        raise ValueError("y holds NaN or infinite values; pass the noisy images x0 + sigma * eps")
+    reach = 1.0 + 10.0 * float(sigma)
+    if y.numel() and float(y.abs().max()) > reach:
+        raise ValueError(f"y reaches {float(y.abs().max()):.3g}, beyond what images in [-1, 1] with noise of "
+                         f"sigma = {sigma:g} reach (1 + 10 sigma = {reach:.3g}): are they on another scale? Map "
+                         "0..255 pixels with x / 127.5 - 1 before adding the noise, and give sigma on that scale")
+
+
 def _scaled(d: GaussianDiffusion, y: torch.Tensor, t: int) -> torch.Tensor:
     return math.sqrt(float(d.alpha_bar[t])) * y
 
@@ -106,6 +122,7 @@ def denoise_one_step(model: Callable, d: GaussianDiffusion, y: torch.Tensor, sig
     """
     t = step_for_sigma(d, sigma) if t is None else t
     _check_step(d, t)
+    _check_noisy(y, sigma)
     x_t = _scaled(d, y.to(_device(model)), t)
     steps = torch.full((len(y),), t, dtype=torch.long, device=x_t.device)
     out = d.p_mean_variance(d.model_call(model, x_t, steps), x_t, steps)
@@ -123,6 +140,7 @@ def denoise_chain(model: Callable, d: GaussianDiffusion, y: torch.Tensor, sigma:
     :return: [N x C x H x W] samples of p(x0 | y) in [-1, 1].
     """
     t = step_for_sigma(d, sigma) if t is None else t
+    _check_noisy(y, sigma)
     proc = truncate(d, t)
     if steps is not None and steps < t + 1:
         proc = sampling.respace(proc, steps)

@@ -36,7 +36,9 @@ def _as_float64(x: ArrayLike, name: str, ndim: int) -> np.ndarray:
     if x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        hint = ("; a covariance of fewer than 2 samples is NaN (np.cov of one row): use at least 2 samples, "
+                "and many more than the feature dimension for a useful FID") if name.startswith("sigma") else ""
+        raise ValueError(f"{name} contains NaN or infinite values{hint}")
     return x
 
 

@@ -316,6 +316,12 @@ def build_network(config: TrainConfig) -> nn.Module:
     return _unet.build_model(config.preset, **kwargs)
 
 
+def _data_identity(config: TrainConfig) -> str | None:
+    from . import data
+
+    return data.data_identity(config.dataset)
+
+
 def load_train_data(config: TrainConfig) -> torch.Tensor:
     """The training examples of ``config.dataset``: float32 [N, C, H, W] in [-1, 1] or [N, D]."""
     from . import data
@@ -439,9 +445,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     :param map_location: device for the models; default ``runtime.get_device()``.
     """
     path = checkpoint_file(path)
-    raw = read_checkpoint(path)
-    config = TrainConfig.from_dict(raw["config"])
     device = torch.device(map_location) if map_location is not None else runtime.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"map_location={map_location!r} but no CUDA device is visible; "
+                         "pass 'cpu' (or None for runtime.get_device())")
+    raw = read_checkpoint(path)
+    config = config_of(raw, path)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's RNG alone
         model = build_network(config)
     ema = copy.deepcopy(model)
@@ -452,12 +461,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
         raise CheckpointError(f"checkpoint {path} does not fit the network of preset {config.preset!r} "
                               f"(the preset changed since it was written?): {e}") from e
     return TrainResult(model=model.to(device).eval(), ema=ema.to(device).eval(), diffusion=build_diffusion(config),
-                       config=config, history=_history_from(raw), checkpoint=Path(path), step=int(raw["step"]),
+                       config=config, history=_history_from(raw, path), checkpoint=Path(path), step=int(raw["step"]),
                        sample_shape=tuple(raw["sample_shape"]))
 
 
-def _history_from(raw: dict) -> dict:
+def config_of(raw: dict, path: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` a checkpoint dict records; a CheckpointError naming ``path`` when
+    this version of ddpm_core cannot take it (a field it does not know, or a value it refuses)."""
+    try:
+        return TrainConfig.from_dict(raw["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} records a configuration this version of ddpm_core cannot use "
+                              f"({e}); was it written by another version? Load it with that version, or "
+                              "train the run again") from e
+
+
+def _history_from(raw: dict, path: str | Path = "the checkpoint") -> dict:
     h = raw["history"]
+    missing = [k for k in ("loss", "grad_norm", "wall_time") if not isinstance(h, dict) or k not in h]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the training history's {missing}; it was not written by "
+                              "this version of ddpm_core.train (train the run again)")
     return {"loss": h["loss"].clone(), "grad_norm": h["grad_norm"].clone(), "wall_time": float(h["wall_time"])}
 
 
@@ -560,6 +584,7 @@ class _Trainer:
         self.diffusion = build_diffusion(c)
         self.sampler = resample.create_sampler(c.timestep_sampler, c.T)
         x = load_train_data(c)
+        self.data_info = {"examples": len(x), "shape": list(x.shape[1:]), "identity": _data_identity(c)}
         check_finite(x, f"the training data of {c.dataset!r}")
         if x.dim() == 4 and x.numel() and (x.min() < -1.0001 or x.max() > 1.0001):  # images only
             raise ValueError(f"training data must lie in [-1, 1], got min {float(x.min()):.3g}, max {float(x.max()):.3g}")
@@ -622,12 +647,13 @@ class _Trainer:
             "sampler": self.sampler.state_dict(), "rng": rng, "world_size": self.world,
             "history": {"loss": self.loss_hist[:n].cpu(), "grad_norm": self.gnorm_hist[:n].cpu(),
                         "wall_time": self.wall_time},
-            "sample_shape": list(self.sample_shape),
+            "sample_shape": list(self.sample_shape), "data": self.data_info,
             "versions": {"torch": str(torch.__version__)},
         }
 
     def restore(self, raw: dict, path: Path) -> None:
-        saved = TrainConfig.from_dict(raw["config"]).to_dict()
+        saved = config_of(raw, path).to_dict()
+        history = _history_from(raw, path)
         mine = self.config.to_dict()
         differ = [k for k in mine if k not in BOOKKEEPING_FIELDS and saved[k] != mine[k]]
         detail = lambda keys: ", ".join(f"{k}: {saved[k]!r} in the checkpoint, {mine[k]!r} now" for k in keys)
@@ -640,6 +666,18 @@ class _Trainer:
                              "of the same name), use another out_dir, or pass resume=False (--no-resume) to start "
                              f"afresh, which overwrites the checkpoint. Only {', '.join(RECOVERY_FIELDS)} may "
                              "change when a run resumes before its last step")
+        then = raw.get("data")  # older checkpoints do not record it: their epoch order tells a smaller dataset
+        order = [r["data"]["perm"] for r in raw["rng"] if isinstance(r, dict) and "data" in r]
+        beyond = max((int(p.max()) + 1 for p in order if len(p)), default=0)
+        if (then is not None and then != self.data_info) or beyond > self.data_info["examples"]:
+            what = {"examples": "examples", "shape": "example shape", "identity": "data"}
+            changes = ("; ".join(f"{what[k]} {then.get(k)!r} then, {self.data_info[k]!r} now"
+                                 for k in what if then.get(k) != self.data_info[k]) if then is not None else
+                       f"it drew example {beyond - 1}, the data now has {self.data_info['examples']}")
+            raise ValueError(f"cannot resume from {path}: the training data of {self.config.dataset!r} changed since "
+                             f"the checkpoint was written ({changes}); point the dataset back at the data it "
+                             "was trained on, use another out_dir, or pass resume=False (--no-resume) to start "
+                             "afresh, which overwrites the checkpoint")
         if differ:
             warnings.warn(f"resuming {path} at step {int(raw['step'])} with another {' and '.join(differ)} "
                           f"({detail(differ)}): the run goes on from there as a different run, and its "
@@ -657,9 +695,9 @@ class _Trainer:
             group["lr"] = self.lr_t if self.graphed else float(group["lr"])
         self.sampler.load_state_dict(raw["sampler"])
         self.step = self.checked = self.saved_step = n
-        self.loss_hist[:n] = raw["history"]["loss"].to(self.device)
-        self.gnorm_hist[:n] = raw["history"]["grad_norm"].to(self.device)
-        self.wall_time = float(raw["history"]["wall_time"])
+        self.loss_hist[:n] = history["loss"].to(self.device)
+        self.gnorm_hist[:n] = history["grad_norm"].to(self.device)
+        self.wall_time = history["wall_time"]
         rngs = raw["rng"]
         same_device = all(r.get("device") == self.device.type for r in rngs)
         if len(rngs) == self.world and same_device:
@@ -996,9 +1034,13 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
 def config_key(config: TrainConfig) -> str:
     """A stable name for the trained model of ``config``: ``<dataset>-<preset>-<16 hex digits>``,
     a hash of every field except the bookkeeping ones (``checkpoint_every``, ``log_every``,
-    ``device``), with ``steps`` included."""
+    ``device``), with ``steps`` included, and, for data that the package does not fix (a CelebA-HQ
+    folder), of ``data.data_identity``: another folder is another model."""
     fields = {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING_FIELDS or k == "steps"}
     fields["_cache_version"] = CACHE_VERSION
+    identity = _data_identity(config)  # which CelebA-HQ folder; None for the fixed datasets
+    if identity is not None:
+        fields["_data"] = identity
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return f"{config.dataset}-{config.preset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 

@@ -127,6 +127,20 @@ def test_denoise_one_step_names_the_step_range():
     assert denoise.denoise_one_step(toy_model, d, y, 0.5, t=24).shape == y.shape
 
 
+def test_the_denoisers_refuse_noisy_images_on_another_scale():
+    d, x0 = process(), images()
+    y = denoise.add_noise(x0, 0.3, torch.Generator().manual_seed(0))
+    for fn in (denoise.denoise_one_step, denoise.denoise_chain):
+        assert fn(toy_model, d, y, 0.3).shape == y.shape  # in range: 1 + 10 sigma = 4
+        with pytest.raises(ValueError, match=r"y reaches \d\d\d, beyond what images in \[-1, 1\] with noise of "
+                                             r"sigma = 0.3 reach \(1 \+ 10 sigma = 4\).*x / 127.5 - 1"):
+            fn(toy_model, d, (y + 1) * 127.5, 0.3)
+        with pytest.raises(ValueError, match="y holds NaN"):
+            fn(toy_model, d, torch.full_like(y, float("nan")), 0.3)
+        with pytest.raises(TypeError, match=r"y must be a tensor .*got ndarray"):
+            fn(toy_model, d, y.numpy(), 0.3)
+
+
 def test_psnr_refuses_0_255_images_at_the_default_range_and_keeps_its_numbers_in_minus_1_1():
     x, ref = images(), images() * 0.9
     pixels = (x + 1) * 127.5

@@ -88,6 +88,23 @@ def test_book_config_and_toy_scatter_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sample_draws_a_large_n_in_batches(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "toy"
+    assert main(["train", "--book-config", "toy-ring", "--steps", "2", "--out", str(run), "--no-progress"]) == 0
+    shapes = []
+    real = sampling.ddpm_sample
+    monkeypatch.setattr(sampling, "ddpm_sample", lambda m, d, shape, **kw: shapes.append(shape) or real(m, d, shape, **kw))
+    png = tmp_path / "points.png"
+    assert main(["sample", "--checkpoint", str(run / "last.pt"), "--n", "7", "--batch-size", "3", "--steps", "4",
+                 "--out", str(png), "--no-progress"]) == 0
+    assert shapes == [(3, 2), (3, 2), (1, 2)] and "wrote 7 samples" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(run / "last.pt"), "--n", "7", "--steps", "4", "--out", str(png),
+                 "--no-progress"]) == 0
+    assert shapes[3:] == [(7, 2)]  # one batch up to --batch-size (256 by default)
+    with pytest.raises(ValueError, match=r"--batch-size must be >= 1, got 0"):
+        main(["sample", "--checkpoint", str(run / "last.pt"), "--batch-size", "0", "--out", str(png)])
+
+
 def test_bad_values_give_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--schedule", "quadratic", "--out", str(tmp_path)])

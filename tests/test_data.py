@@ -385,5 +385,12 @@ def test_errors_name_the_valid_choices():
         load_dataset("photo-crops", n=3)
     with pytest.raises(ValueError, match="only used by"):
         load_dataset("digits", root="/tmp")
+    for stride in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=rf"stride must be an int >= 1 \(pixels between crops.*got {stride}"):
+            load_dataset("photo-crops", stride=stride)
+    for cap in ("3", 0, 2.0):
+        with pytest.raises(ValueError, match=rf"max_images must be None \(every item\) or an int >= 1, got {cap!r}"):
+            load_dataset("digits", max_images=cap)
+    assert len(load_dataset("digits", max_images=np.int64(3))) == 3
     with pytest.raises(ValueError, match="images only"):
         load_dataset("ring", flip=True)

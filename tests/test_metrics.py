@@ -99,6 +99,12 @@ def test_frechet_distance_accepts_torch_tensors_and_rejects_bad_input():
         frechet_distance(mu1, s1 + np.triu(np.ones_like(s1), 1), mu2, s2)
     with pytest.raises(ValueError, match="positive semi-definite"):
         frechet_distance(mu1, -s1, mu2, s2)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):  # numpy warns about the one row itself
+        one_row = np.cov(f1[:1], rowvar=False)
+    with pytest.raises(ValueError, match=r"sigma2 contains NaN .*fewer than 2 samples is NaN \(np.cov of one row\)"):
+        frechet_distance(mu1, s1, f1[0], one_row)
+    with pytest.raises(ValueError, match=r"mu1 contains NaN or infinite values$"):
+        frechet_distance(np.full_like(mu1, np.nan), s1, mu2, s2)
 
 
 def test_feature_stats_streamed_in_chunks_equal_numpy_mean_and_cov():

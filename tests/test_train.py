@@ -2,10 +2,15 @@
 schedules, configuration, the model cache and two-process DDP training (gloo)."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import os
+import re
 import socket
+
+import numpy as np
 
 import pytest
 import torch
@@ -605,3 +610,88 @@ def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_
     assert [p.name for p in path.parent.iterdir()] == ["file.bin"]  # no temporary file left behind
     runtime.atomic_write(path, lambda f: f.write(b"second"), durable=durable)
     assert path.read_bytes() == b"second"
+
+
+# ---------------------------------------------------------------------- data that the package does not fix
+def write_faces(folder, n: int, shade: int = 0):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = np.full((12, 12, 3), (shade + 7 * i) % 256, np.uint8)
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+
+
+FACES = dict(dataset="celebahq", preset="cpu-crops", image_size=16, T=30, batch_size=4, steps=2, warmup_steps=0,
+             dropout=0.0, log_every=1, checkpoint_every=2)
+
+
+def test_the_model_cache_tells_one_celebahq_folder_from_another(tmp_path, monkeypatch):
+    from ddpm_core import data
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    write_faces(tmp_path / "a", 12, shade=0)
+    write_faces(tmp_path / "b", 12, shade=128)
+    config = tr.TrainConfig(**FACES)
+    monkeypatch.setenv("DDPM_CELEBAHQ", str(tmp_path / "a"))
+    key_a, first = tr.config_key(config), tr.get_trained(config, progress=False)
+    assert data.data_identity("celebahq").startswith("12 images, ")
+    monkeypatch.setenv("DDPM_CELEBAHQ", str(tmp_path / "b"))
+    assert tr.config_key(config) != key_a and not tr.is_cached(config)
+    assert tr.shorter_cached_run(config.replace(steps=3)) is None  # a's run is not continued on b's data
+    second = tr.get_trained(config, progress=False)
+    assert second.checkpoint != first.checkpoint
+    assert not all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
+    monkeypatch.setenv("DDPM_CELEBAHQ", str(tmp_path / "a"))
+    assert tr.config_key(config) == key_a and tr.is_cached(config)
+    (tmp_path / "a" / "000.png").write_bytes((tmp_path / "b" / "005.png").read_bytes() + b"\0")  # one file edited
+    assert tr.config_key(config) != key_a
+    # the fixed datasets keep the names they always had (the book's cache stays valid)
+    assert data.data_identity("mnist5k") is None and data.data_identity("cifar10") is None
+    monkeypatch.delenv("DDPM_CELEBAHQ")
+    assert data.data_identity("celebahq") is None
+
+
+def test_resume_refuses_training_data_that_changed_since_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    write_faces(tmp_path / "faces", 40)
+    monkeypatch.setenv("DDPM_CELEBAHQ", str(tmp_path / "faces"))
+    run = tmp_path / "run"
+    tr.train(tr.TrainConfig(**FACES), out_dir=run, progress=False)
+    for i in range(10, 40):  # 36 training images become 9
+        (tmp_path / "faces" / f"{i:03d}.png").unlink()
+    with pytest.raises(ValueError, match=r"the training data of 'celebahq' changed since the checkpoint was "
+                                         r"written \(examples 36 then, 9 now; data '40 images, \w+' then, "
+                                         r"'10 images, \w+' now\)"):
+        tr.train(tr.TrainConfig(**{**FACES, "steps": 6}), out_dir=run, progress=False)
+    raw = tr.read_checkpoint(run)  # a checkpoint of an older version records no data: its epoch order tells
+    del raw["data"]
+    torch.save(raw, run / "last.pt")
+    with pytest.raises(ValueError, match=r"changed since the checkpoint was written \(it drew example 3\d, "
+                                         r"the data now has 9\)"):
+        tr.train(tr.TrainConfig(**{**FACES, "steps": 6}), out_dir=run, progress=False)
+
+
+def test_a_checkpoint_this_version_cannot_use_is_named_with_its_file(tmp_path):
+    tr.train(toy(steps=2), out_dir=tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "last.pt"
+    good = tr.read_checkpoint(path)
+    with pytest.raises(ValueError, match=r"map_location='cuda' but no CUDA device is visible") if \
+            not torch.cuda.is_available() else contextlib.nullcontext():
+        tr.load_checkpoint(path, map_location="cuda")
+    cases = {"an unknown field": lambda raw: raw["config"].update(ema_start=10),
+             "a refused value": lambda raw: raw["config"].update(lr=-1.0)}
+    for what, change in cases.items():
+        raw = copy.deepcopy(good)
+        change(raw)
+        torch.save(raw, path)
+        for load in (lambda: tr.load_checkpoint(path), lambda: tr.train(toy(), out_dir=path.parent, progress=False)):
+            with pytest.raises(tr.CheckpointError, match=rf"checkpoint {re.escape(str(path))} records a configuration "
+                                                         r"this version of ddpm_core cannot use .*another version"):
+                load()
+    raw = copy.deepcopy(good)
+    del raw["history"]["loss"]
+    torch.save(raw, path)
+    for load in (lambda: tr.load_checkpoint(path), lambda: tr.train(toy(), out_dir=path.parent, progress=False)):
+        with pytest.raises(tr.CheckpointError, match=rf"{re.escape(str(path))} lacks the training history's \['loss'\]"):
+            load()

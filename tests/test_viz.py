@@ -55,6 +55,14 @@ def test_image_grid_rejects_bad_shapes():
         viz.image_grid(torch.zeros(2, 4, 3, 3))
 
 
+def test_image_grid_refuses_nan_images_and_says_why_they_arise():
+    x = torch.zeros(3, 1, 4, 4)
+    x[1, 0, 2, 2] = float("nan")
+    x[2, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"2 of 3 images hold NaN or infinite values.*diverged"):
+        viz.image_grid(x)
+
+
 def test_show_grid_draws_the_grid():
     ax = viz.show_grid(_batch(), title="six")
     assert ax.get_title() == "six"
