@@ -556,6 +556,20 @@ def check_finite(x: torch.Tensor, what: str) -> None:
                          "clean the data before training")
 
 
+def _check_network(config: TrainConfig) -> None:
+    """Refuse, before the data is loaded, a configuration whose network cannot be built, e.g. an
+    ``image_size`` that the preset cannot halve as often as it needs or attend at (built on the
+    meta device: no memory, no weights, no random numbers drawn)."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            build_network(config)
+    except ValueError as e:
+        own = {**_unet.PRESETS, **_unet.MLP_PRESETS}[config.preset].get("image_size")
+        size = f"image_size {config.image_size}" if config.image_size is not None else "these settings"
+        hint = f"; the preset is made for {own}x{own} images" if own and config.image_size is not None else ""
+        raise ValueError(f"the network of preset {config.preset!r} cannot be built with {size}: {e}{hint}") from e
+
+
 def _check_fits(config: TrainConfig, shape: tuple) -> None:
     """Raise ``ValueError`` if examples of ``shape`` do not fit the network of ``config.preset``."""
     def words(kind: str, n: int) -> str:
@@ -1003,6 +1017,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
         raise TypeError(f"train() takes a TrainConfig or a dict, got {type(config).__name__}; "
                         f"for a configuration of the book use {hint}")
     config.validate()
+    _check_network(config)
     if config.device and torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"TrainConfig.device = {config.device!r} but no CUDA device is visible; "
                          "use device 'cpu' (or None for runtime.get_device())")

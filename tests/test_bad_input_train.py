@@ -122,6 +122,17 @@ def test_a_dataset_and_a_preset_that_do_not_fit_are_refused_before_training(cach
     assert not (cache / "run" / "last.pt").exists()
 
 
+def test_an_image_size_the_preset_cannot_take_is_refused_before_the_data_is_loaded(cache, monkeypatch):
+    monkeypatch.setattr(tr, "load_train_data", lambda config: pytest.fail("the data was loaded"))
+    with pytest.raises(ValueError, match=r"the network of preset 'cpu-crops' cannot be built with image_size 8: "
+                                         r"attention_resolutions \(16,\) must be feature-map sides of this network, "
+                                         r"\[8, 4, 2, 1\]; the preset is made for 32x32 images"):
+        tr.train(tr.TrainConfig(dataset="celebahq", preset="cpu-crops", image_size=8, **TINY), progress=False)
+    with pytest.raises(ValueError, match=r"cpu-crops' cannot be built with image_size 20: image_size 20 cannot be "
+                                         r"halved 3 times"):
+        tr.train(tr.TrainConfig(dataset="photo-crops", preset="cpu-crops", image_size=20, **TINY), progress=False)
+
+
 def test_nan_training_data_is_reported_as_a_data_problem(cache, monkeypatch):
     load = tr.load_train_data
 
