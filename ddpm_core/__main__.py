@@ -94,7 +94,8 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
                    help="output image: a grid of samples, or a scatter plot for 2-D data")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--batch-size", type=int, default=256,
-                   help="samples drawn at once; lower it if the device runs out of memory (default: 256)")
+                   help="most samples drawn at once, in batches of equal size; lower it if the device runs out "
+                        "of memory (the samples of a --seed depend on it when --n exceeds it) (default: 256)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
                    help="ddpm: ancestral sampling (Algorithm 2 of Ho et al.), respaced when --steps < T; "
                         "ddim: deterministic DDIM with --ddim-steps (default: ddpm)")
@@ -206,7 +207,8 @@ def _sample(args) -> int:
     d = result.diffusion
     generator = torch.Generator(device=device).manual_seed(args.seed)
     progress = not args.no_progress
-    batches = [min(args.batch_size, args.n - i) for i in range(0, args.n, args.batch_size)]
+    k = -(-args.n // args.batch_size)  # batches of equal size (at most two sizes: one compilation each)
+    batches = [args.n // k + (i < args.n % k) for i in range(k)]
     if args.sampler == "ddim":
         x = torch.cat([sampling.ddim_sample(model, d, (b, *result.sample_shape), args.ddim_steps, eta=args.eta,
                                             generator=generator, progress=progress) for b in batches])

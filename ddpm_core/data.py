@@ -413,7 +413,11 @@ def data_identity(name: str, root: str | Path | None = None) -> str | None:
         return None
     digest = hashlib.sha256()
     for p in paths:
-        digest.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode())
+        try:
+            size = p.stat().st_size
+        except OSError:  # e.g. a broken link: loading the folder names it; here it only changes the identity
+            size = -1
+        digest.update(f"{p.relative_to(folder).as_posix()}\0{size}\n".encode())
     return f"{len(paths)} images, {digest.hexdigest()[:16]}"
 
 

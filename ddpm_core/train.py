@@ -159,6 +159,11 @@ class TrainConfig:
         need(isinstance(self.flip, bool), "flip", "expected True or False")
         need(self.image_size is None or (is_int(self.image_size) and self.image_size >= 1), "image_size",
              "expected None or an int >= 1")
+        need(self.image_size is None or self.preset not in _unet.MLP_PRESETS, "image_size",
+             f"preset {self.preset!r} is an MLP for 2-D points, so image_size (and flip) apply only to the "
+             "image presets; leave it None")
+        need(not self.flip or self.preset not in _unet.MLP_PRESETS, "flip",
+             f"preset {self.preset!r} is an MLP for 2-D points, which cannot be mirrored; leave flip False")
         need(self.dropout is None or (is_num(self.dropout) and 0.0 <= self.dropout < 1.0), "dropout",
              "expected None (the preset's rate) or 0 <= rate < 1")
         need(is_int(self.checkpoint_every) and self.checkpoint_every >= 1, "checkpoint_every", "expected an int >= 1")
@@ -563,7 +568,7 @@ def _check_network(config: TrainConfig) -> None:
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             build_network(config)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # TypeError: a setting the preset's network does not take
         own = {**_unet.PRESETS, **_unet.MLP_PRESETS}[config.preset].get("image_size")
         size = f"image_size {config.image_size}" if config.image_size is not None else "these settings"
         hint = f"; the preset is made for {own}x{own} images" if own and config.image_size is not None else ""
@@ -680,14 +685,17 @@ class _Trainer:
                              "of the same name), use another out_dir, or pass resume=False (--no-resume) to start "
                              f"afresh, which overwrites the checkpoint. Only {', '.join(RECOVERY_FIELDS)} may "
                              "change when a run resumes before its last step")
-        then = raw.get("data")  # older checkpoints do not record it: their epoch order tells a smaller dataset
-        order = [r["data"]["perm"] for r in raw["rng"] if isinstance(r, dict) and "data" in r]
-        beyond = max((int(p.max()) + 1 for p in order if len(p)), default=0)
-        if (then is not None and then != self.data_info) or beyond > self.data_info["examples"]:
+        then = raw.get("data")  # older checkpoints do not record it; their epoch order has one share per process
+        n_now, saved_world = self.data_info["examples"], int(raw.get("world_size", len(raw["rng"])))
+        shares = [len(r["data"]["perm"]) for r in raw["rng"] if isinstance(r, dict) and "data" in r]
+        misfit = [k for k in shares if k and k != n_now // saved_world]  # each share holds N // world examples
+        if (then is not None and then != self.data_info) or (then is None and misfit):
             what = {"examples": "examples", "shape": "example shape", "identity": "data"}
             changes = ("; ".join(f"{what[k]} {then.get(k)!r} then, {self.data_info[k]!r} now"
                                  for k in what if then.get(k) != self.data_info[k]) if then is not None else
-                       f"it drew example {beyond - 1}, the data now has {self.data_info['examples']}")
+                       f"its epoch order covers {misfit[0] * saved_world} examples"
+                       f"{' (over ' + str(saved_world) + ' processes)' if saved_world > 1 else ''}, "
+                       f"the data now has {n_now}")
             raise ValueError(f"cannot resume from {path}: the training data of {self.config.dataset!r} changed since "
                              f"the checkpoint was written ({changes}); point the dataset back at the data it "
                              "was trained on, use another out_dir, or pass resume=False (--no-resume) to start "

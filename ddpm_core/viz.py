@@ -50,7 +50,7 @@ def to_uint8(images) -> np.ndarray:
 
     x = _as_numpy(images)
     if x.size and not np.isfinite(x).all():
-        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1) if x.ndim > 1 else ~np.isfinite(x)
+        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
         raise ValueError(f"{int(bad.sum())} of {len(x)} images hold NaN or infinite values, which have no colour: "
                          "the model that made them diverged or a computation overflowed (check the model's "
                          "loss; train.train stops with TrainingDivergedError when it sees NaN)")

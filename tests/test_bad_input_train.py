@@ -131,6 +131,12 @@ def test_an_image_size_the_preset_cannot_take_is_refused_before_the_data_is_load
     with pytest.raises(ValueError, match=r"cpu-crops' cannot be built with image_size 20: image_size 20 cannot be "
                                          r"halved 3 times"):
         tr.train(tr.TrainConfig(dataset="photo-crops", preset="cpu-crops", image_size=20, **TINY), progress=False)
+    for field in ({"image_size": 8}, {"flip": True}):  # an MLP preset: a clear ValueError, also on the command line
+        name = next(iter(field))
+        with pytest.raises(ValueError, match=rf"TrainConfig.{name} = .* preset 'toy-mlp' is an MLP for 2-D points"):
+            tr.TrainConfig(dataset="ring", preset="toy-mlp", **field, **TINY)
+    with pytest.raises(ValueError, match=r"TrainConfig.image_size = 8 is invalid: preset 'toy-mlp' is an MLP"):
+        main(["train", "--book-config", "toy-ring", "--image-size", "8", "--out", str(cache / "mlp")])
 
 
 def test_nan_training_data_is_reported_as_a_data_problem(cache, monkeypatch):

@@ -644,7 +644,7 @@ def test_the_model_cache_tells_one_celebahq_folder_from_another(tmp_path, monkey
     assert not all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
     monkeypatch.setenv("DDPM_CELEBAHQ", str(tmp_path / "a"))
     assert tr.config_key(config) == key_a and tr.is_cached(config)
-    (tmp_path / "a" / "000.png").write_bytes((tmp_path / "b" / "005.png").read_bytes() + b"\0")  # one file edited
+    (tmp_path / "a" / "000.png").write_bytes((tmp_path / "b" / "005.png").read_bytes() + b"\0")  # one file replaced by one of another size
     assert tr.config_key(config) != key_a
     # the fixed datasets keep the names they always had (the book's cache stays valid)
     assert data.data_identity("mnist5k") is None and data.data_identity("cifar10") is None
@@ -667,9 +667,29 @@ def test_resume_refuses_training_data_that_changed_since_the_checkpoint(tmp_path
     raw = tr.read_checkpoint(run)  # a checkpoint of an older version records no data: its epoch order tells
     del raw["data"]
     torch.save(raw, run / "last.pt")
-    with pytest.raises(ValueError, match=r"changed since the checkpoint was written \(it drew example 3\d, "
-                                         r"the data now has 9\)"):
+    with pytest.raises(ValueError, match=r"changed since the checkpoint was written \(its epoch order covers 36 "
+                                         r"examples, the data now has 9\)"):
         tr.train(tr.TrainConfig(**{**FACES, "steps": 6}), out_dir=run, progress=False)
+    write_faces(tmp_path / "faces", 60)  # grown to 54 training images: caught as well
+    with pytest.raises(ValueError, match=r"its epoch order covers 36 examples, the data now has 54"):
+        tr.train(tr.TrainConfig(**{**FACES, "steps": 6}), out_dir=run, progress=False)
+    write_faces(tmp_path / "faces", 40)
+    for i in range(40, 60):
+        (tmp_path / "faces" / f"{i:03d}.png").unlink()
+    assert tr.train(tr.TrainConfig(**{**FACES, "steps": 3}), out_dir=run, progress=False).step == 3  # the same data again
+
+
+def test_a_broken_link_in_the_celebahq_folder_changes_its_identity_without_an_error(tmp_path, monkeypatch):
+    from ddpm_core import data
+
+    write_faces(tmp_path / "faces", 3)
+    monkeypatch.setenv("DDPM_CELEBAHQ", str(tmp_path / "faces"))
+    before = data.data_identity("celebahq")
+    (tmp_path / "faces" / "zz.jpg").symlink_to(tmp_path / "missing.jpg")
+    after = data.data_identity("celebahq")
+    assert after.startswith("4 images, ") and after != before
+    with pytest.raises(OSError, match=r"cannot read the image .*zz.jpg"):
+        data.load_dataset("celebahq", "test", image_size=8)  # the last image by path: the test split
 
 
 def test_a_checkpoint_this_version_cannot_use_is_named_with_its_file(tmp_path):
