@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "runtime", "schedules", "losses", "diffusion", "resample", "sampling", "unet", "data",
     "train", "metrics", "features", "evaluation", "baselines", "viz", "paper", "bench",
+    "compare", "toy", "denoise", "segmentation",
 )
 
 

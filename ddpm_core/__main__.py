@@ -3,7 +3,7 @@
 Examples::
 
     python -m ddpm_core train --book-config mnist5k --out runs/mnist
-    python -m ddpm_core train --dataset mnist5k --preset cpu-mnist --steps 2000 --out runs/x
+    python -m ddpm_core train --book-config mnist5k --steps 3000 --seed 1 --out runs/x
     python -m ddpm_core sample --checkpoint runs/x/last.pt --n 64 --steps 250 --out grid.png
     python -m ddpm_core sample --checkpoint runs/x/last.pt --sampler ddim --ddim-steps 50 --out grid.png
 """
@@ -50,10 +50,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .train import BOOK_CONFIGS, TrainConfig
 
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="run folder: holds last.pt (the checkpoint) and config.json; a run already there is resumed")
+                   help="run folder: holds last.pt (the checkpoint) and config.json; a run already there is resumed "
+                        "(refused if its configuration or training data differ; see --no-resume)")
     p.add_argument("--book-config", choices=sorted(BOOK_CONFIGS), default=None,
                    help="start from this configuration of the book; the options below change single fields "
-                        "(without it, the defaults are the DDPM paper's CIFAR-10 run)")
+                        "(without it, TrainConfig's defaults; --book-config cifar10 is the DDPM paper's CIFAR-10 run)")
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even if DIR/last.pt exists (it is overwritten)")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -62,7 +63,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
     choices = {"schedule": schedules.SCHEDULES, "mean_type": diffusion.MEAN_TYPES, "var_type": diffusion.VAR_TYPES,
                "loss_type": diffusion.LOSS_TYPES, "timestep_sampler": resample.SAMPLERS, "precision": PRECISIONS}
-    g = p.add_argument_group("configuration (fields of ddpm_core.train.TrainConfig)")
+    g = p.add_argument_group("configuration (fields of ddpm_core.train.TrainConfig)",
+                             "each (default: ...) is TrainConfig's; with --book-config, the options left out take "
+                             "that configuration's values (ddpm_core.train.BOOK_CONFIGS)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -94,11 +97,11 @@ def _add_sample_options(p: argparse.ArgumentParser) -> None:
                    help="output image: a grid of samples, or a scatter plot for 2-D data")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--batch-size", type=int, default=256,
-                   help="most samples drawn at once, in batches of equal size; lower it if the device runs out "
+                   help="most samples drawn at once, in batches whose sizes differ by at most one; lower it if the device runs out "
                         "of memory (the samples of a --seed depend on it when --n exceeds it) (default: 256)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
                    help="ddpm: ancestral sampling (Algorithm 2 of Ho et al.), respaced when --steps < T; "
-                        "ddim: deterministic DDIM with --ddim-steps (default: ddpm)")
+                        "ddim: DDIM (Song et al.) with --ddim-steps steps, deterministic unless --eta > 0 (default: ddpm)")
     p.add_argument("--steps", type=int, default=None,
                    help="ddpm sampler: number of evenly spaced reverse steps (default: all T)")
     p.add_argument("--ddim-steps", type=int, default=50, help="ddim sampler: number of steps (default: 50)")

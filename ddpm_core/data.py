@@ -461,7 +461,8 @@ def load_dataset(name: str, split: str = "train", image_size: int | None = None,
     :param root: folder of ``cifar10`` (holding ``cifar-10-batches-py``; default
         ``$DDPM_DATA/cifar10`` or ``runtime.cache_dir()/cifar10``) or of ``celebahq`` images
         (default ``$DDPM_CELEBAHQ``).
-    :param max_images: keep the first ``max_images`` items of the split (caps memory).
+    :param max_images: keep the first ``max_images`` items of the split (for celebahq the other
+        files are not decoded, which caps memory; the other datasets are loaded whole first).
     :param kw: ``n`` (points) for the 2-D toys, ``stride`` for photo-crops, ``download`` for cifar10.
     :return: a :class:`Dataset` with ``x`` float32 ``[N, C, H, W]`` in [-1, 1] (toys: ``[N, 2]``).
     """

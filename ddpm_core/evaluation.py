@@ -29,7 +29,7 @@ from . import train as _train
 from .diffusion import GaussianDiffusion, check_generator
 
 # ---------------------------------------------------------------------- the ablation models
-ABLATION_STEPS = 600  # training updates of every ablation model (the same for all, so they compare)
+ABLATION_TRAIN_STEPS = 600  # training updates of every ablation model (the same for all, so they compare)
 ABLATION_BATCH = 32  # batch size of every ablation model (small, so that all of them train in minutes on a CPU)
 # the sampling seed of the Improved DDPM chapter's comparison of step counts; the evaluation chapter
 # redraws claim (e)'s samples with it to show how far an FID moves from one draw of noise to another
@@ -65,13 +65,13 @@ CLAIM_MODELS = {
 }
 
 
-def ablation_configs(steps: int = ABLATION_STEPS, batch_size: int = ABLATION_BATCH) -> dict[str, _train.TrainConfig]:
+def ablation_configs(steps: int = ABLATION_TRAIN_STEPS, batch_size: int = ABLATION_BATCH) -> dict[str, _train.TrainConfig]:
     """The named training configurations behind the reproduced claims (a)-(e), on 8x8 ``digits``.
 
     Every configuration is ``train.book_config("digits", steps=steps, batch_size=batch_size,
     **changes)``: the book's digits run (the ``cpu-digits`` U-Net, T = 1000, its learning rate,
     EMA and seed; linear schedule unless noted) shortened to ``steps`` updates (default
-    :data:`ABLATION_STEPS`) of ``batch_size`` examples (default :data:`ABLATION_BATCH`). Only the
+    :data:`ABLATION_TRAIN_STEPS`) of ``batch_size`` examples (default :data:`ABLATION_BATCH`). Only the
     fields in ``changes`` differ, so two models differ only in the choices a claim is about. Train or load each with
     ``train.get_trained(cfg)`` (cached on disk by configuration: the book trains each once)::
 
@@ -259,7 +259,8 @@ def bits_per_dim(model: Callable, diffusion: GaussianDiffusion, data_or_tensor, 
 # ---------------------------------------------------------------------- rate and distortion
 def rate_distortion(model: Callable, diffusion: GaussianDiffusion, x0, n: int | None = None,
                     strided: int | str | None = None, batch_size: int = 256, progress: bool = True,
-                    generator: torch.Generator | None = None, bpd: dict | None = None) -> dict:
+                    generator: torch.Generator | None = None, bpd: dict | None = None,
+                    label: str | None = None) -> dict:
     """Progressive lossy compression (Ho et al. 2020, section 4.3, Algorithms 3-4, Table 4).
 
     A sender who shares the model transmits x_T ~ N(0, I) and then x_{T-1}, ..., x_1, each drawn
@@ -276,10 +277,12 @@ def rate_distortion(model: Callable, diffusion: GaussianDiffusion, x0, n: int | 
 
     :param x0: [N, C, H, W] images in [-1, 1], a ``data.Dataset`` or a dataset name (test split).
     :param strided: None (all T steps) or K (the K-step respaced process, see :func:`bits_per_dim`).
+    :param label: what the images are, for tables (default: from a dataset name or ``Dataset``,
+        else "images").
     :return: a dict of float64 [K] arrays indexed by ``reverse_step`` = 1..K (steps sent):
         ``t`` (original 0-indexed step of the state the receiver holds), ``rate_bpd`` (cumulative
         bits/dim), ``rmse`` (0..255 scale), and floats ``distortion_bpd`` (L_0), ``total_bpd``,
-        ``rate_final``, plus ``method`` and ``n``.
+        ``rate_final``, plus ``method``, ``n`` and ``images`` (``label``).
     """
     if bpd is None:
         bpd = bits_per_dim(model, diffusion, x0, n=n, batch_size=batch_size, strided=strided,
@@ -297,6 +300,8 @@ def rate_distortion(model: Callable, diffusion: GaussianDiffusion, x0, n: int | 
         "reverse_step": torch.arange(1, K + 1), "t": bpd["timesteps"][order], "rate_bpd": rate_desc[order],
         "rmse": rmse[order], "distortion_bpd": bpd["decoder_bpd"], "total_bpd": bpd["bpd"],
         "rate_final": float(rate_desc[0]), "method": bpd["method"], "n": bpd["n"],
+        "images": label or (f"{x0} test images" if isinstance(x0, str) else
+                            f"{x0.name} {x0.split} images" if isinstance(x0, _data.Dataset) else "images"),
     }
 
 
@@ -590,8 +595,8 @@ def evaluate(model: Callable, diffusion: GaussianDiffusion, dataset: str = "mnis
     model, not of this one; ``strided_bpd=None`` gives this model's exact bound over all T steps;
     ``bpd_examples=0`` skips it).
 
-    Seeded: the samples come from ``torch.Generator().manual_seed(seed)``, the bound's noise from
-    ``seed + 1``. The result's ``samples`` holds the images (for a figure) and ``bpd_detail`` the
+    Seeded: the samples come from a generator on the model's device seeded with ``seed`` (the same
+    seed gives other samples on another device), the bound's noise from ``seed + 1``. The result's ``samples`` holds the images (for a figure) and ``bpd_detail`` the
     per-step terms of the bound (for :func:`rate_distortion`). ``extractor`` defaults to the
     dataset's own classifier, ``classifier:<dataset>``. Everything that scoring needs is checked
     before sampling starts, so a wrong name or count costs no samples.
@@ -705,7 +710,7 @@ def load_ablations(configs: dict | None = None, progress: bool = True) -> dict:
 #: The measurement settings of :func:`measure_ablations` (its defaults). Module constants, so that
 #: chapter 7 can quote them before chapter 8 measures.
 ABLATION_SAMPLES = 200
-ABLATION_STEPS = 50
+ABLATION_STEPS = 50  # the respaced sampling steps of every ablation model's FID (training: ABLATION_TRAIN_STEPS)
 ABLATION_FEW_STEPS = 10
 #: The loss-spike rule of :func:`_loss_spikes`: a loss above ``SPIKE_FACTOR`` x the median of the
 #: previous ``SPIKE_WINDOW`` losses.
@@ -979,7 +984,7 @@ def claims_table(results: dict) -> _paper.Table:
         verdicts["f"] = bool(adds_up and monotone and late > 0.5)
         book_f = (f"rate {rd['rate_final']:.3f} + distortion {rd['distortion_bpd']:.3f} = {rd['total_bpd']:.3f} "
                   f"bits/dim (RMSE {float(rmse[-1]):.2f}); {100 * late:.0f}% of the rate in the last 10% of the steps "
-                  f"({rd['n']} mnist5k test images)")
+                  f"({rd['n']} {rd.get('images', 'test images')})")
     t4 = {int(r["reverse_step"]): r for r in _paper.table("ho2020_table4")}
     late_paper = 1.0 - float(t4[900]["rate_bpd"]) / float(t4[1000]["rate_bpd"])
     rows.append(["(f) " + CLAIMS["f"],

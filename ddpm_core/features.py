@@ -9,7 +9,7 @@ Two extractors share one interface (:class:`FeatureExtractor`):
   Its weights (``pt_inception-2015-12-05-6726825d.pth``) come from a path, ``$DDPM_INCEPTION_WEIGHTS``,
   the torch hub cache or the project cache, or a download where there is internet.
 * ``"classifier:<dataset>"``: the offline default, a small LeNet-style network trained by the
-  project on the dataset's training split (a few seconds on a CPU), cached on disk by dataset and
+  project on the dataset's training split (about 20 s on one CPU core for mnist5k, once), cached on disk by dataset and
   configuration. Its penultimate layer gives the features, its head the class logits.
 
 Numbers from the two are not comparable; every table prints the extractor's ``.name``.
@@ -407,7 +407,7 @@ def classifier_extractor(dataset: str = "mnist5k", config: ClassifierConfig = Cl
                          device: torch.device | str | None = None, verbose: bool = False) -> ClassifierExtractor:
     """The classifier trained on ``dataset``'s training split, loaded from the cache or trained once.
 
-    The cache file ``runtime.cache_dir()/classifiers/<dataset>-<hash>.pt`` is keyed by the dataset
+    The cache file ``runtime.cache_dir()/classifiers/classifier-<dataset>-<hash>.pt`` is keyed by the dataset
     name, a hash of its training data and the :class:`ClassifierConfig`; it stores the weights and
     the accuracy on the dataset's test split.
     """

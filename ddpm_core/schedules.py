@@ -22,7 +22,9 @@ def get_betas(name: str, T: int) -> torch.Tensor:
     """Return the betas of schedule ``name`` for ``T`` steps as a float64 tensor [T].
 
     :param name: ``"linear"`` or ``"cosine"`` (see ``SCHEDULES``).
-    :param T: number of diffusion steps, at least 1 (a Python or numpy integer, or a 0-d integer tensor).
+    :param T: number of diffusion steps (a Python or numpy integer, or a 0-d integer tensor): more
+        than 20 for ``linear`` (its last beta, 0.02 * 1000 / T, must stay below 1), at least 1 for
+        ``cosine`` (a ``GaussianDiffusion`` needs at least 2).
     """
     if isinstance(T, torch.Tensor) and T.ndim == 0 and not T.is_floating_point() and not T.is_complex() \
             and T.dtype != torch.bool:

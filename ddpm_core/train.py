@@ -13,7 +13,9 @@ Step numbering: ``step`` counts completed updates. Update number ``s + 1`` uses 
 Resuming is exact: a checkpoint holds the weights, the EMA, Adam's moments, the step, the timestep
 sampler's state and every random state (torch CPU and CUDA, the noise generator, the data stream's
 generator, permutation and position), so on the CPU ``N steps + resume + N steps`` equals ``2N``
-steps bit for bit. Several processes (``torchrun``) train with DistributedDataParallel; each takes
+steps bit for bit. It also records the configuration and the training data it saw (``data``: the
+number of examples, their shape and ``data.data_identity``, which tells one CelebA-HQ folder from
+another), and a resume refuses a checkpoint whose configuration or data differ. Several processes (``torchrun``) train with DistributedDataParallel; each takes
 its share of every epoch's permutation and rank 0 writes the checkpoints.
 
 Speed on a GPU: ``compile`` (torch.compile) fuses the element-wise work around the convolutions and
@@ -72,10 +74,13 @@ def _opt(default, help: str):
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. The defaults are the DDPM paper's CIFAR-10 run, except
-    ``var_type``: the default ``fixed_small`` (the posterior variance beta~_t) is the one the book's
-    small runs use; the released CIFAR-10 code samples with ``fixed_large`` (beta_t), which
-    ``book_config("cifar10")`` sets. Ho et al. found the two to give similar samples."""
+    """Everything that defines a training run. The defaults follow the DDPM paper's CIFAR-10 run
+    (network, T, schedule, learning rate, batch, warm-up, clipping, EMA decay, 800k updates) with
+    these differences: ``flip`` is False (the paper flips), ``var_type`` is ``fixed_small`` (the
+    posterior variance beta~_t, which the book's small runs use; the released CIFAR-10 code samples
+    with ``fixed_large``, beta_t, and Ho et al. found the two to give similar samples),
+    ``precision`` is ``auto`` (bf16 on CUDA; the paper trained in float32) and ``ema_warmup`` is on.
+    ``book_config("cifar10")`` is the paper's run."""
 
     dataset: str = _opt("cifar10", "dataset name for data.load_dataset (e.g. mnist5k, digits, ring, cifar10)")
     preset: str = _opt("ddpm-cifar10", "network preset for unet.build_model (e.g. cpu-mnist, ddpm-cifar10, toy-mlp)")
@@ -95,8 +100,10 @@ class TrainConfig:
     steps: int = _opt(800_000, "number of training steps (updates)")
     precision: str = _opt("auto", "auto (bf16 on CUDA with bf16 support, else fp32), fp32 or bf16")
     seed: int = _opt(0, "seed of the initial weights, the data order, the noise and dropout")
-    flip: bool = _opt(False, "random horizontal flips of the training images (the paper flips CIFAR-10)")
-    image_size: int | None = _opt(None, "resize the images to this size (default: the dataset's own)")
+    flip: bool = _opt(False, "random horizontal flips of the training images (image presets only; the paper "
+                             "flips CIFAR-10)")
+    image_size: int | None = _opt(None, "resize the images to this size (image presets only, at a size the preset "
+                                        "can be built for; default: the dataset's own)")
     dropout: float | None = _opt(None, "dropout rate of the network (default: the preset's)")
     checkpoint_every: int = _opt(1000, "write out_dir/last.pt every this many steps (and at the end)")
     log_every: int = _opt(100, "update the progress bar and check for NaN/inf losses every this many steps")
@@ -966,7 +973,8 @@ class _Trainer:
                 self.check(collective=False)
                 self.save(gather=False)
             except Exception as failed:  # the caller's error is the one to see; it says what was lost
-                err.add_note(f"the updates since {self._saved_text()} were not saved: {failed}")
+                note = f"the updates since {self._saved_text()} were not saved: {failed}"
+                err.add_note(note) if hasattr(err, "add_note") else warnings.warn(note)  # add_note: Python 3.11+
             else:
                 bar.write(f"stopped by {type(err).__name__}: saved step {self.step} to "
                           f"{self.out_dir / CHECKPOINT_NAME}; fix the cause and run again to continue",
@@ -1004,16 +1012,22 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
 
     :param out_dir: folder for ``last.pt`` (every ``checkpoint_every`` steps, at the end and on
         Ctrl-C); None trains without checkpoints.
-    :param resume: continue from ``out_dir/last.pt`` if it exists (its configuration must match,
+    :param resume: continue from ``out_dir/last.pt`` if it exists. Its configuration must match,
         except ``steps`` and the bookkeeping fields, and, for a run that had not reached its last
         step, ``lr``, ``grad_clip`` and ``precision``, which may change to recover from a divergence,
-        with a warning); False starts afresh and overwrites it.
+        with a warning; its training data must be the same (see the module docstring). A checkpoint
+        at or past ``steps`` is returned as it is, with its own step count. False starts afresh and
+        overwrites it.
     :param progress: show a ``tqdm`` bar with the loss (refreshed every ``log_every`` steps).
     :param callback: called after each update with a :class:`StepInfo`.
     :return: a :class:`TrainResult`.
     :raises TrainingDivergedError: a loss, gradient norm or weight became NaN/inf (the last good
         checkpoint is left in place).
-    :raises CheckpointError: ``out_dir/last.pt`` exists but cannot be read.
+    :raises ValueError: an invalid configuration or ``out_dir``, a network the preset cannot build,
+        or a checkpoint whose configuration or training data differ (the message names the
+        difference and the ways out).
+    :raises CheckpointError: ``out_dir/last.pt`` exists but cannot be read, or was written by a
+        version of ddpm_core whose configuration this one cannot take.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``train`` with the same arguments;
     the checkpoint folder must be visible to all of them to resume.
@@ -1056,8 +1070,8 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool =
 # ---------------------------------------------------------------------- the model cache
 def config_key(config: TrainConfig) -> str:
     """A stable name for the trained model of ``config``: ``<dataset>-<preset>-<16 hex digits>``,
-    a hash of every field except the bookkeeping ones (``checkpoint_every``, ``log_every``,
-    ``device``), with ``steps`` included, and, for data that the package does not fix (a CelebA-HQ
+    a hash of every field except the bookkeeping ones (:data:`BOOKKEEPING_FIELDS`:
+    ``checkpoint_every``, ``log_every``, ``device``, ``compile``, ``cuda_graph``), with ``steps`` included, and, for data that the package does not fix (a CelebA-HQ
     folder), of ``data.data_identity``: another folder is another model."""
     fields = {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING_FIELDS or k == "steps"}
     fields["_cache_version"] = CACHE_VERSION
@@ -1141,10 +1155,11 @@ def _train_to_cache(config: TrainConfig) -> int:
 
 def train_missing(configs: list[TrainConfig], desc: str = "training", progress: bool = True) -> None:
     """Train the runs of ``configs`` that the cache lacks side by side, one process per CPU core with
-    one thread each (``runtime.prefetch``; the cpu profile only), so that ``get_trained`` then only
-    loads them. Small models (the 8x8-digit ablations, 2-D toys) train as fast on one thread as on
-    two, so on two cores this halves the wall time. A run that fails in a worker stays missing:
-    ``get_trained`` trains it again in the caller's process and raises there."""
+    one thread each (``runtime.prefetch``: by default in the cpu profile only; ``DDPM_WORKERS``
+    overrides it), so that ``get_trained`` then only loads them. Small models (the 8x8-digit
+    ablations, 2-D toys) train as fast on one thread as on two, so on two cores this halves the wall
+    time. A run that fails in a worker stays missing: ``get_trained`` trains it again in the
+    caller's process and raises there."""
     unique = {cached_run_dir(c): c for c in configs}
     missing = [c for c in unique.values() if not is_cached(c)]
     if len(missing) > 1:

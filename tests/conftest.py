@@ -77,3 +77,23 @@ def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if hasattr(item, "output_timeout"):  # nbval's notebook cells
             item.output_timeout = NBVAL_OUTPUT_TIMEOUT
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_is_left_as_found(request):
+    """A test that leaves another Ctrl-C handler installed (the trainer's deferred interrupt, a
+    pool's) changes how every later test sees SIGINT: put the handler back and warn, naming the test.
+    (CI of 2026-12-07 once saw a later interrupt test find no Ctrl-C handler; this finds who left it.)"""
+    import signal
+    import threading
+    import warnings
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        warnings.warn(f"{request.node.nodeid} left the SIGINT handler {after!r} (was {before!r}); put back")

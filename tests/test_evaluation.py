@@ -244,6 +244,14 @@ def test_claims_table_has_a_row_per_claim_and_applies_its_rules(digits16):
     assert table.verdicts == {"a": True, "b": evaluation.PARTLY, "c": True, "d": True, "e": True, "f": False}
     assert table.rows[1][-1] == "in part" and "<td>in part</td>" in table.html
     assert "3.17" in table and "13.51" in table and "5.00" in table  # paper and book numbers side by side
+    # (f) names the images the curve was measured on (it said "mnist5k" whatever they were)
+    n_rd = res["rate_distortion"]["n"]
+    assert table.rows[5][2].endswith(f"({n_rd} images)") and "mnist5k" not in table.rows[5][2]
+    bpd = evaluation.bits_per_dim(make_oracle(d, digits16), d, digits16[:2], progress=False,
+                                  generator=torch.Generator().manual_seed(0))
+    assert evaluation.rate_distortion(None, d, "digits", bpd=bpd)["images"] == "digits test images"
+    rd = evaluation.rate_distortion(None, d, digits16[:2], bpd=bpd, label="two digits")
+    assert evaluation.claims_table({**res, "rate_distortion": rd}).rows[5][2].endswith("(2 two digits)")
     # (e)'s cell ends with the ratio of the two FID ratios that its rule compares with the margin:
     # hybrid 6 -> 7 (x1.17) against eps-simple 5 -> 20 (x4.00)
     assert table.rows[4][2].endswith(f"ratio of the two {(7 / 6) / 4:.2f}")
@@ -293,3 +301,7 @@ def test_measure_ablations_records_scores_bounds_and_divergence(extractor):
     defaults = {k: v.default for k, v in inspect.signature(evaluation.measure_ablations).parameters.items()}
     assert (defaults["n_samples"], defaults["steps"], defaults["few_steps"]) == (
         evaluation.ABLATION_SAMPLES, evaluation.ABLATION_STEPS, evaluation.ABLATION_FEW_STEPS)
+    # the training updates are another constant (one name held both, the later one winning)
+    train_default = inspect.signature(evaluation.ablation_configs).parameters["steps"].default
+    assert train_default == evaluation.ABLATION_TRAIN_STEPS != evaluation.ABLATION_STEPS
+    assert all(c.steps == train_default for c in evaluation.ablation_configs().values())

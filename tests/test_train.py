@@ -536,9 +536,15 @@ def test_an_interrupt_stops_prefetch_without_starting_the_jobs_still_queued(tmp_
 
     monkeypatch.setenv("DDPM_WORKERS", "2")
     jobs = [(["sh", "-c", f"sleep 6 && touch {tmp_path}/done{i}"],) for i in range(4)]
-    threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        runtime.prefetch(subprocess.run, jobs, progress=False)
+    # Python's own Ctrl-C handler, as in a terminal or a kernel (a process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and then the interrupt would never arrive)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            runtime.prefetch(subprocess.run, jobs, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not list(tmp_path.glob("done*"))  # the running ones were interrupted, the queued ones never started
 
 
