@@ -83,7 +83,9 @@ def pytest_collection_modifyitems(session, config, items):
 def _sigint_handler_is_left_as_found(request):
     """A test that leaves another Ctrl-C handler installed (the trainer's deferred interrupt, a
     pool's) changes how every later test sees SIGINT: put the handler back and warn, naming the test.
-    (CI of 2026-12-07 once saw a later interrupt test find no Ctrl-C handler; this finds who left it.)"""
+    Found with it (2026-12-07): a pytest started in the background by a non-interactive shell begins
+    with SIGINT ignored (so an interrupt test must install Python's handler itself), and nbclient's
+    event loop, in the reader's-kernel tests of test_viz, leaves Python's handler in its place."""
     import signal
     import threading
     import warnings
