@@ -100,8 +100,9 @@ def _check_noisy(y, sigma: float) -> None:
     if y.numel() and not bool(torch.isfinite(y).all()):
         raise ValueError("y holds NaN or infinite values; pass the noisy images x0 + sigma * eps")
     reach = 1.0 + 10.0 * float(sigma)
-    if y.numel() and float(y.abs().max()) > reach:
-        raise ValueError(f"y reaches {float(y.abs().max()):.3g}, beyond what images in [-1, 1] with noise of "
+    peak = float(y.abs().max()) if y.numel() else 0.0
+    if peak > reach:
+        raise ValueError(f"y reaches {peak:.3g}, beyond what images in [-1, 1] with noise of "
                          f"sigma = {sigma:g} reach (1 + 10 sigma = {reach:.3g}): are they on another scale? Map "
                          "0..255 pixels with x / 127.5 - 1 before adding the noise, and give sigma on that scale")
 

@@ -576,7 +576,7 @@ def _check_network(config: TrainConfig) -> None:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             build_network(config)
     except (ValueError, TypeError) as e:  # TypeError: a setting the preset's network does not take
-        own = {**_unet.PRESETS, **_unet.MLP_PRESETS}[config.preset].get("image_size")
+        own = _unet.PRESETS.get(config.preset, {}).get("image_size")  # an MLP preset has no image size
         size = f"image_size {config.image_size}" if config.image_size is not None else "these settings"
         hint = f"; the preset is made for {own}x{own} images" if own and config.image_size is not None else ""
         raise ValueError(f"the network of preset {config.preset!r} cannot be built with {size}: {e}{hint}") from e
