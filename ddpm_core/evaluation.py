@@ -536,7 +536,7 @@ def score_images(images: torch.Tensor, dataset: str = "mnist5k", extractor: str 
     """
     if len(images) < 2:
         raise ValueError(f"score_images needs at least 2 images (FID needs a covariance); got {len(images)}")
-    ext = _features._resolve(extractor, dataset)
+    ext = _features.resolve_extractor(extractor, dataset)
     if isinstance(images, torch.Tensor):
         _warn_if_unit_range(images, "score_images")
     seconds = dict(seconds or {})
@@ -566,7 +566,7 @@ def _prepare_scoring(model, diffusion, dataset: str, extractor, bpd_examples: in
     """Check, before any sampling, what would otherwise fail only after it (and lose the samples): the
     dataset's name, the extractor (default ``classifier:<dataset>``) and that it takes this dataset's
     and this model's images, the number of test images for the bound and the bound's respacing."""
-    ext = _features._resolve(extractor, dataset)
+    ext = _features.resolve_extractor(extractor, dataset)
     test = _data.load_dataset(dataset, "test").x  # an unknown name fails here, with the list of names
     try:
         shape = _sample_shape(model, None)
@@ -667,7 +667,7 @@ def fid_sample_size_curve(dataset: str = "mnist5k", sizes=(50, 100, 200, 400, 10
         over ``repeats`` random subsets, ``feature_dim`` and ``extractor``. The extractor defaults to
         the dataset's own classifier, ``classifier:<dataset>``.
     """
-    ext = _features._resolve(extractor, dataset)
+    ext = _features.resolve_extractor(extractor, dataset)
     ref_stats, ref_feats = _reference(dataset, ext)
     x = _data.load_dataset(dataset, split).x
     feats = ext.features(x)
@@ -798,7 +798,7 @@ def measure_ablations(runs: dict, dataset: str = "digits", extractor: str = "cla
             rec["diverged"] = True
         rec["seconds"] = time.perf_counter() - start
         out[name] = rec
-    out["_settings"] = dict(dataset=dataset, extractor=_features._resolve(extractor, dataset).name, n_samples=n_samples,
+    out["_settings"] = dict(dataset=dataset, extractor=_features.resolve_extractor(extractor, dataset).name, n_samples=n_samples,
                             steps=steps, few_steps=few_steps, bpd_examples=bpd_examples, bpd_stride=bpd_stride,
                             bpd_method=method, seed=seed, spike_window=SPIKE_WINDOW, spike_factor=SPIKE_FACTOR,
                             profile=_runtime.get_profile())

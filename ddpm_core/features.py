@@ -471,10 +471,18 @@ def get_extractor(name: str = "classifier:mnist5k", device: torch.device | str |
     return extractor
 
 
-def _resolve(extractor: FeatureExtractor | str | None, dataset: str) -> FeatureExtractor:
+def resolve_extractor(extractor: FeatureExtractor | str | None, dataset: str) -> FeatureExtractor:
+    """The extractor that the metric functions take ``extractor`` to mean: None is the offline
+    default ``"classifier:<dataset>"``, a name goes through :func:`get_extractor`, and an extractor
+    is itself. Anything else is refused, naming what was passed."""
     if extractor is None:
         return get_extractor(f"classifier:{dataset}")
-    return get_extractor(extractor) if isinstance(extractor, str) else extractor
+    if isinstance(extractor, str):
+        return get_extractor(extractor)
+    if not isinstance(extractor, FeatureExtractor):
+        raise TypeError(f"extractor must be a FeatureExtractor, a name such as 'classifier:{dataset}' or "
+                        f"'inception', or None (the default); got {type(extractor).__name__}")
+    return extractor
 
 
 def reference_stats(dataset: str, split: str = "train", extractor: FeatureExtractor | str | None = None,
@@ -492,7 +500,7 @@ def reference_stats(dataset: str, split: str = "train", extractor: FeatureExtrac
     """
     from .data import load_dataset
 
-    extractor = _resolve(extractor, dataset)
+    extractor = resolve_extractor(extractor, dataset)
     data = load_dataset(dataset, split)
     path = None
     if extractor.key is not None:

@@ -255,3 +255,14 @@ def test_images_in_0_1_and_probabilities_passed_as_logits_are_warned_about(cache
     with pytest.warns(UserWarning, match=r"takes logits.*np\.log\(p\)"):
         metrics.inception_score(torch.softmax(logits, 1), splits=5)
     del evaluation._REFERENCE_FEATURES[("digits", id(ext))]
+
+
+def test_an_extractor_of_the_wrong_kind_is_refused_by_name():
+    """Every metric entry point takes ``extractor`` through ``features.resolve_extractor``: an
+    object that is neither a FeatureExtractor nor a name is refused before any data is loaded."""
+    ext = FlatPixels()
+    assert features.resolve_extractor(ext, "digits") is ext
+    images = torch.zeros(4, 1, 8, 8)
+    for bad in (42, FlatPixels):  # a number; the class instead of an instance
+        with pytest.raises(TypeError, match=f"extractor must be a FeatureExtractor.*got {type(bad).__name__}"):
+            evaluation.score_images(images, "digits", extractor=bad)
