@@ -97,7 +97,7 @@ def test_measure_ablations_records_each_models_kid_and_its_few_step_fid(monkeypa
     monkeypatch.setattr(evaluation, "_prepare_scoring", lambda model, d, dataset, extractor, *a: extractor)
     runs = {name: SimpleNamespace(history={"loss": torch.ones(60)}, ema=name, diffusion=None)
             for name in ("eps-simple", "mu-simple")}
-    m = evaluation.measure_ablations(runs, extractor=SimpleNamespace(name="fake"), n_samples=4, steps=50,
+    m = evaluation.measure_ablations(runs, extractor=_PixelExtractor(), n_samples=4, steps=50,
                                      few_steps=10, progress=False)
     assert calls == [("eps-simple", 50), ("eps-simple", 10), ("mu-simple", 50)]
     assert m["eps-simple"]["fid"] == 150.0 and m["eps-simple"]["fid_few"] == 110.0
